@@ -1,0 +1,1 @@
+//! Benchmarks of the milter crates: see benches/README.md.

@@ -1,0 +1,1 @@
+//! Greylisting milter: not built yet, see the workspace README.
