@@ -1,0 +1,106 @@
+//! Per-stage macro storage with libmilter's clearing and lookup rules.
+
+use bytes::Bytes;
+
+use crate::command::{Macros, code};
+
+/// Storage slots, in libmilter's internal order (EOH before EOM).
+const SLOTS: usize = 7;
+
+fn slot(stage: u8) -> Option<usize> {
+    Some(match stage {
+        code::CONNECT => 0,
+        code::HELO => 1,
+        code::MAIL => 2,
+        code::RCPT => 3,
+        code::DATA => 4,
+        code::EOH => 5,
+        code::BODYEOB => 6,
+        _ => return None,
+    })
+}
+
+/// The macros the MTA sent, per stage.
+///
+/// * A macro packet for a stage replaces that stage's whole set; packets for
+///   stages libmilter does not store (Postfix sends `'L'`, `'B'`, `'U'`) are
+///   ignored.
+/// * [`MacroStore::on_command`] applies libmilter's clearing: OPTNEG, QUIT
+///   and QUIT_NC clear everything; CONNECT clears HELO and later; HELO clears
+///   MAIL and later; MAIL clears RCPT and later; RCPT clears DATA and later.
+///   ABORT clears nothing: macros persist across messages until replaced.
+/// * [`MacroStore::get`] searches the latest stage first; `{x}` also finds a
+///   stored `x` and `x` a stored `{x}` (single characters only, as libmilter).
+///
+/// Values are views into the frames they arrived in: storing costs no copy.
+#[derive(Debug, Clone, Default)]
+pub struct MacroStore {
+    slots: [Option<Macros>; SLOTS],
+}
+
+impl MacroStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores a macro packet (replacing the stage's previous set).
+    pub fn set(&mut self, macros: Macros) {
+        if let Some(s) = slot(macros.stage).and_then(|i| self.slots.get_mut(i)) {
+            *s = Some(macros);
+        }
+    }
+
+    /// Clears what the arrival of command `code` clears.
+    pub fn on_command(&mut self, command: u8) {
+        let from = match command {
+            code::OPTNEG | code::QUIT | code::QUIT_NC => 0,
+            other => match slot(other) {
+                Some(i) if i <= 3 => i + 1,
+                _ => return,
+            },
+        };
+        for s in self.slots.iter_mut().skip(from) {
+            *s = None;
+        }
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.slots = Default::default();
+    }
+
+    /// Looks a macro up by name, e.g. `"{client_addr}"`, `"i"` or `"{i}"`.
+    /// The value is a view into the packet it arrived in.
+    #[doc(alias = "smfi_getsymval")]
+    pub fn get(&self, name: &str) -> Option<Bytes> {
+        let name = name.as_bytes();
+        // libmilter's aliasing: "{x}" also matches "x", and "x" also "{x}".
+        let (bare, braced): (&[u8], Option<[u8; 3]>) = match name {
+            [b'{', c, b'}'] => (std::slice::from_ref(c), None),
+            [c] => (name, Some([b'{', *c, b'}'])),
+            _ => (name, None),
+        };
+        self.slots.iter().rev().flatten().find_map(|macros| {
+            macros
+                .pairs()
+                .find(|(n, _)| {
+                    let n = n.as_ref();
+                    n == name || n == bare || braced.as_ref().is_some_and(|b| n == b)
+                })
+                .map(|(_, v)| v)
+        })
+    }
+
+    /// As [`MacroStore::get`], returning the value as UTF-8 text if it is.
+    pub fn get_str(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+    }
+
+    /// Every visible macro, latest stage first (a name may appear more than
+    /// once if several stages define it; the first one is what `get` returns).
+    pub fn iter(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+        self.slots.iter().rev().flatten().flat_map(|m| m.pairs())
+    }
+}
