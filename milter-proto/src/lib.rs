@@ -117,6 +117,7 @@ pub mod negotiate;
 pub mod reply;
 pub mod response;
 pub mod session;
+pub mod spec;
 mod wire;
 
 pub use command::{Command, Connect, ConnectAddress, Envelope, Header, MacroPairs, Macros};
@@ -132,6 +133,7 @@ pub use negotiate::{
 pub use reply::SmtpReply;
 pub use response::Response;
 pub use session::{CommandEffect, Expect, MessageStage, ResponseEffect, Session};
+pub use spec::{SocketSpec, SpecError};
 
 /// Re-exported so users need not depend on `bytes` to build packets.
 pub use bytes::{Bytes, BytesMut};
