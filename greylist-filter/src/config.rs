@@ -1,0 +1,901 @@
+//! Configuration: TOML, validated, with every error located at `file:line:column`.
+//!
+//! [`check_config`] reads a file and returns the [`Config`] or *all* the errors found:
+//! syntax and type errors from the TOML parser (located by its byte span), unknown keys
+//! (every table denies them), and semantic checks (delay shorter than the retry window,
+//! prefix lengths, regular expressions, listed files that must exist, a loopback admin
+//! address) located at the offending key.
+//!
+//! To report more than the first error, parsing is repeated with each reported error's
+//! lines blanked out (line numbers stay the same) until the rest parses.
+//!
+//! Durations are strings like `"300s"`, `"5m"`, `"1h 30m"`, `"35d"` (or plain integers,
+//! meaning seconds). See `greylist.toml.example` for every key with its default.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de};
+
+use crate::policy::Params;
+
+/// One configuration problem, located in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file it is in.
+    pub file: PathBuf,
+    /// 1-based line (0 if unknown).
+    pub line: usize,
+    /// 1-based column (0 if unknown).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration in whole seconds, written in TOML as `"5m"`, `"35d"`, `"300s"` or `300`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    /// Parses `"5m"`, `"1h 30m"`, `"35d"`, `"2w"`, or a bare number of seconds.
+    pub fn parse(s: &str) -> Option<Seconds> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<u64>() {
+            return Some(Seconds(n));
+        }
+        humantime::parse_duration(s)
+            .ok()
+            .map(|d| Seconds(d.as_secs()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"300s\", \"5m\", \"24h\" or \"35d\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                Seconds::parse(v).ok_or_else(|| {
+                    E::custom(format!(
+                        "invalid duration {v:?}: use a number with a unit, e.g. \"300s\", \"5m\", \"24h\", \"35d\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What to do when the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Let the mail through (default): greylisting is an optimisation, not a gate.
+    #[default]
+    Pass,
+    /// Tempfail the recipient.
+    Tempfail,
+}
+
+impl<'de> Deserialize<'de> for FailMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = FailMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, \"pass\" or \"tempfail\"")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FailMode, E> {
+                Ok(if v {
+                    FailMode::Pass
+                } else {
+                    FailMode::Tempfail
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FailMode, E> {
+                match v {
+                    "pass" => Ok(FailMode::Pass),
+                    "tempfail" => Ok(FailMode::Tempfail),
+                    _ => Err(E::custom(format!(
+                        "invalid fail_open {v:?}: expected true, false, \"pass\" or \"tempfail\""
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A network in CIDR form; a bare address means a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    /// Parses `192.0.2.0/24`, `2001:db8::/32`, `192.0.2.1`, `[IPv6:2001:db8::1]`.
+    /// Host bits are cleared.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<IpNet>() {
+            return Some(Cidr(n.trunc()));
+        }
+        let ip = crate::tuple::parse_client_addr(s)?;
+        Some(Cidr(IpNet::from(ip)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid network {s:?}: expected an address or CIDR such as 192.0.2.0/24"
+            ))
+        })
+    }
+}
+
+/// A regular expression, compiled when the configuration is read.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::RegexBuilder::new(&s)
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map(Pattern)
+            .map_err(|e| {
+                // regex errors are multi-line drawings; keep the last line (the reason).
+                let full = e.to_string();
+                let reason = full
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .trim_start_matches("error: ")
+                    .to_owned();
+                de::Error::custom(format!("invalid regular expression {s:?}: {reason}"))
+            })
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Timing, grouping and limits.
+    pub greylist: GreylistConfig,
+    /// Promotion of whole client networks.
+    pub host_trust: HostTrustConfig,
+    /// The SMTP reply for greylisted recipients.
+    pub reply: ReplyConfig,
+    /// The `X-Greylist` header.
+    pub header: HeaderConfig,
+    /// Bypasses and whitelists.
+    pub whitelist: WhitelistConfig,
+    /// Persistence.
+    pub store: StoreConfig,
+    /// The milter listener.
+    pub milter: MilterConfig,
+    /// The admin (metrics and explain) listener.
+    pub admin: AdminConfig,
+}
+
+/// `[greylist]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreylistConfig {
+    /// Minimum time before a retry passes. Default `"5m"`.
+    pub delay: Seconds,
+    /// Time from the first attempt within which the retry must come. Default `"24h"`.
+    pub retry_window: Seconds,
+    /// How long a passed tuple stays whitelisted after its last pass. Default `"35d"`;
+    /// `"0s"` disables auto-whitelisting.
+    pub auto_whitelist: Seconds,
+    /// IPv4 prefix length used to group clients. Default 24.
+    pub ipv4_prefix: u8,
+    /// IPv6 prefix length used to group clients. Default 64.
+    pub ipv6_prefix: u8,
+    /// Pending tuples allowed per client network; past it, tempfail without storing.
+    /// Default 1000; 0 = unlimited.
+    pub max_pending_per_network: u32,
+    /// On store failure: `true`/`"pass"` (default) lets mail through, `false`/`"tempfail"`
+    /// tempfails.
+    pub fail_open: FailMode,
+    /// Decide and log, but never tempfail (learning mode). Default false.
+    pub dry_run: bool,
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        let p = Params::default();
+        GreylistConfig {
+            delay: Seconds(p.delay),
+            retry_window: Seconds(p.retry_window),
+            auto_whitelist: Seconds(p.auto_whitelist),
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+            max_pending_per_network: p.max_pending_per_network,
+            fail_open: FailMode::Pass,
+            dry_run: false,
+        }
+    }
+}
+
+/// `[host_trust]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostTrustConfig {
+    /// Distinct passed tuples that make a network trusted. Default 3; 0 disables.
+    pub threshold: u32,
+    /// How long trust lasts after the last pass. Default `"35d"`.
+    pub period: Seconds,
+}
+
+impl Default for HostTrustConfig {
+    fn default() -> Self {
+        HostTrustConfig {
+            threshold: 3,
+            period: Seconds(35 * 86_400),
+        }
+    }
+}
+
+/// `[reply]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplyConfig {
+    /// SMTP code, 4xx. Default 451.
+    pub code: u16,
+    /// Enhanced status code, `4.x.y`. Default `"4.7.1"`.
+    pub status: String,
+    /// Reply text. Default: "Greylisted, please try again later".
+    pub text: String,
+}
+
+impl Default for ReplyConfig {
+    fn default() -> Self {
+        ReplyConfig {
+            code: 451,
+            status: "4.7.1".into(),
+            text: "Greylisted, please try again later".into(),
+        }
+    }
+}
+
+/// `[header]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderConfig {
+    /// Add the header to messages that were delayed. Default true.
+    pub enabled: bool,
+    /// Header name. Default `"X-Greylist"`.
+    pub name: String,
+}
+
+impl Default for HeaderConfig {
+    fn default() -> Self {
+        HeaderConfig {
+            enabled: true,
+            name: "X-Greylist".into(),
+        }
+    }
+}
+
+/// `[whitelist]`. Loopback is always bypassed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhitelistConfig {
+    /// Bypass clients that authenticated (`{auth_authen}` set). Default true.
+    pub authenticated: bool,
+    /// The site's own networks: always bypassed.
+    pub local_networks: Vec<Cidr>,
+    /// Client networks that are not greylisted.
+    pub networks: Vec<Cidr>,
+    /// Client host names or domains (a domain also matches its subdomains), as reported
+    /// by the MTA (`{client_name}`).
+    pub hosts: Vec<String>,
+    /// Sender addresses (`user@example.com`) or domains (`example.com`, `@example.com`).
+    /// Senders are forgeable: prefer network or host entries.
+    pub senders: Vec<String>,
+    /// Recipient addresses or domains that are never greylisted.
+    pub recipients: Vec<String>,
+    /// Regular expressions (case-insensitive) on the raw sender.
+    pub sender_regex: Vec<Pattern>,
+    /// Regular expressions (case-insensitive) on the recipient.
+    pub recipient_regex: Vec<Pattern>,
+    /// Regular expressions (case-insensitive) on the client host name.
+    pub host_regex: Vec<Pattern>,
+    /// Recipients (addresses or domains) who opted out of greylisting.
+    pub opt_out: Vec<String>,
+    /// If not empty, only these recipients (addresses or domains) are greylisted.
+    pub opt_in: Vec<String>,
+    /// Files of networks, one per line (`#` comments).
+    pub network_files: Vec<PathBuf>,
+    /// Files of host names or domains.
+    pub host_files: Vec<PathBuf>,
+    /// Files of sender addresses or domains.
+    pub sender_files: Vec<PathBuf>,
+    /// Files of recipient addresses or domains.
+    pub recipient_files: Vec<PathBuf>,
+}
+
+impl Default for WhitelistConfig {
+    fn default() -> Self {
+        WhitelistConfig {
+            authenticated: true,
+            local_networks: Vec::new(),
+            networks: Vec::new(),
+            hosts: Vec::new(),
+            senders: Vec::new(),
+            recipients: Vec::new(),
+            sender_regex: Vec::new(),
+            recipient_regex: Vec::new(),
+            host_regex: Vec::new(),
+            opt_out: Vec::new(),
+            opt_in: Vec::new(),
+            network_files: Vec::new(),
+            host_files: Vec::new(),
+            sender_files: Vec::new(),
+            recipient_files: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The redb file. Default `/var/lib/greylist-filter/greylist.redb`.
+    pub path: PathBuf,
+    /// How often the expiry sweep runs. Default `"1m"`.
+    pub expire_interval: Seconds,
+    /// Records deleted per sweep step. Default 1000.
+    pub expire_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/greylist-filter/greylist.redb"),
+            expire_interval: Seconds(60),
+            expire_batch: 1000,
+        }
+    }
+}
+
+/// `[milter]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MilterConfig {
+    /// Listen socket in libmilter syntax. Default `unix:/run/greylist-filter/milter.sock`.
+    pub socket: String,
+    /// Unix socket permissions, octal string. Default `"660"`.
+    pub socket_mode: String,
+    /// Unix socket owner, `user` or `user:group`. Default: unchanged.
+    pub socket_owner: Option<String>,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            socket: "unix:/run/greylist-filter/milter.sock".into(),
+            socket_mode: "660".into(),
+            socket_owner: None,
+        }
+    }
+}
+
+impl MilterConfig {
+    /// The socket mode as a number, if it is valid octal.
+    pub fn mode(&self) -> Option<u32> {
+        u32::from_str_radix(&self.socket_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback address and port for metrics and explain; off if unset.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The policy parameters.
+    pub fn params(&self) -> Params {
+        Params {
+            delay: self.greylist.delay.0,
+            retry_window: self.greylist.retry_window.0,
+            auto_whitelist: self.greylist.auto_whitelist.0,
+            host_trust_threshold: self.host_trust.threshold,
+            host_trust_period: self.host_trust.period.0,
+            max_pending_per_network: self.greylist.max_pending_per_network,
+            refresh_granularity: Params::default().refresh_granularity,
+        }
+    }
+
+    /// Parses and validates configuration text; `path` is used in error messages and
+    /// to resolve relative file names in whitelist file lists.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut work = text.to_owned();
+        let mut config = None;
+        for _ in 0..200 {
+            match toml::from_str::<Config>(&work) {
+                Ok(c) => {
+                    config = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    let span = e.span();
+                    let (line, column) = span.as_ref().map_or((0, 0), |s| {
+                        line_col(&work, refine_offset(&work, s, e.message()))
+                    });
+                    errors.push(ConfigError {
+                        file: path.to_owned(),
+                        line,
+                        column,
+                        message: e.message().trim().to_owned(),
+                    });
+                    let Some(span) = span else { break };
+                    let Some(next) = blank_lines(&work, span) else {
+                        break;
+                    };
+                    work = next;
+                }
+            }
+        }
+        if let Some(c) = &config {
+            validate(c, text, path, &mut errors);
+        }
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`, returning every error found.
+pub fn check_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read configuration: {e}"),
+        }]
+    })?;
+    Config::parse(&text, path)
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// Errors inside an array are reported by the parser at the array; when the message
+/// quotes the offending value, point at that value instead.
+fn refine_offset(text: &str, span: &std::ops::Range<usize>, message: &str) -> usize {
+    let quoted = message
+        .split_once('"')
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(v, _)| v);
+    if let (Some(v), Some(region)) = (quoted, text.get(span.clone())) {
+        if !v.is_empty() {
+            if let Some(i) = region.find(&format!("\"{v}\"")) {
+                return span.start + i;
+            }
+        }
+    }
+    span.start
+}
+
+/// Replaces the lines covered by `span` with empty lines. A table header takes its
+/// whole table with it. `None` if that changes nothing.
+fn blank_lines(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let (first, _) = line_col(text, span.start);
+    let (last, _) = line_col(text, span.end.saturating_sub(1).max(span.start));
+    let mut end = last;
+    if lines
+        .get(first - 1)
+        .is_some_and(|l| l.trim_start().starts_with('['))
+    {
+        end = first;
+        while lines
+            .get(end)
+            .is_some_and(|l| !l.trim_start().starts_with('['))
+        {
+            end += 1;
+        }
+    }
+    let mut changed = false;
+    for l in lines.iter_mut().take(end).skip(first - 1) {
+        if !l.is_empty() {
+            *l = "";
+            changed = true;
+        }
+    }
+    changed.then(|| lines.join("\n"))
+}
+
+/// Line and column of `key` inside `[table]` (top-level if `table` is empty).
+pub fn key_position(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h.split(']').next().unwrap_or("").trim().to_owned();
+            continue;
+        }
+        if current != table {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some((i + 1, line.len() - t.len() + 1));
+            }
+        }
+    }
+    None
+}
+
+fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) {
+    let mut err = |table: &str, key: &str, message: String| {
+        let (line, column) = key_position(text, table, key).unwrap_or((0, 0));
+        errors.push(ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        });
+    };
+    let g = &c.greylist;
+    if g.delay >= g.retry_window {
+        err(
+            "greylist",
+            if key_position(text, "greylist", "retry_window").is_some() {
+                "retry_window"
+            } else {
+                "delay"
+            },
+            format!(
+                "delay ({}s) must be shorter than retry_window ({}s)",
+                g.delay.0, g.retry_window.0
+            ),
+        );
+    }
+    if g.ipv4_prefix > 32 {
+        err(
+            "greylist",
+            "ipv4_prefix",
+            format!("ipv4_prefix {} is out of range 0..=32", g.ipv4_prefix),
+        );
+    }
+    if g.ipv6_prefix > 128 {
+        err(
+            "greylist",
+            "ipv6_prefix",
+            format!("ipv6_prefix {} is out of range 0..=128", g.ipv6_prefix),
+        );
+    }
+    let r = &c.reply;
+    if !(400..500).contains(&r.code) {
+        err(
+            "reply",
+            "code",
+            format!("reply code {} must be a 4xx temporary failure", r.code),
+        );
+    }
+    let status_ok = {
+        let parts: Vec<&str> = r.status.split('.').collect();
+        parts.len() == 3
+            && parts.first() == Some(&"4")
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !status_ok {
+        err(
+            "reply",
+            "status",
+            format!("reply status {:?} must be an enhanced code 4.x.y", r.status),
+        );
+    }
+    if r.text.chars().any(|ch| ch.is_control()) {
+        err(
+            "reply",
+            "text",
+            "reply text must not contain control characters".into(),
+        );
+    }
+    let h = &c.header;
+    if h.name.is_empty() || !h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        err(
+            "header",
+            "name",
+            format!("invalid header name {:?}", h.name),
+        );
+    }
+    let w = &c.whitelist;
+    for (key, files) in [
+        ("network_files", &w.network_files),
+        ("host_files", &w.host_files),
+        ("sender_files", &w.sender_files),
+        ("recipient_files", &w.recipient_files),
+    ] {
+        for f in files {
+            let full = resolve(path, f);
+            if !full.is_file() {
+                err(
+                    "whitelist",
+                    key,
+                    format!("whitelist file {} does not exist", full.display()),
+                );
+            }
+        }
+    }
+    if c.store.expire_batch == 0 {
+        err(
+            "store",
+            "expire_batch",
+            "expire_batch must be at least 1".into(),
+        );
+    }
+    if c.store.expire_interval.0 == 0 {
+        err(
+            "store",
+            "expire_interval",
+            "expire_interval must be at least 1s".into(),
+        );
+    }
+    if c.milter.mode().is_none() {
+        err(
+            "milter",
+            "socket_mode",
+            format!(
+                "socket_mode {:?} is not an octal mode such as \"660\"",
+                c.milter.socket_mode
+            ),
+        );
+    }
+    if c.milter.socket.trim().is_empty() {
+        err("milter", "socket", "socket must not be empty".into());
+    }
+    if let Some(a) = c.admin.listen {
+        if !is_loopback(a.ip()) {
+            err(
+                "admin",
+                "listen",
+                format!("admin listener {a} must be on a loopback address"),
+            );
+        }
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    crate::tuple::canonical_ip(ip).is_loopback()
+}
+
+/// Resolves a file named in the configuration relative to the configuration's directory.
+pub fn resolve(config_path: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        file.to_owned()
+    } else {
+        config_path
+            .parent()
+            .map_or_else(|| file.to_owned(), |d| d.join(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        let p = c.params();
+        assert_eq!(
+            (p.delay, p.retry_window, p.auto_whitelist),
+            (300, 86_400, 35 * 86_400)
+        );
+        assert_eq!(
+            (p.host_trust_threshold, p.host_trust_period),
+            (3, 35 * 86_400)
+        );
+        assert_eq!(p.max_pending_per_network, 1000);
+        assert_eq!((c.greylist.ipv4_prefix, c.greylist.ipv6_prefix), (24, 64));
+        assert_eq!(c.greylist.fail_open, FailMode::Pass);
+        assert_eq!(c.reply.code, 451);
+        assert_eq!(c.milter.mode(), Some(0o660));
+    }
+
+    #[test]
+    fn durations_and_fail_modes() {
+        let c = parse(
+            "[greylist]\ndelay = \"300s\"\nretry_window = \"1h 30m\"\nauto_whitelist = 86400\nfail_open = \"tempfail\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.greylist.delay, Seconds(300));
+        assert_eq!(c.greylist.retry_window, Seconds(5400));
+        assert_eq!(c.greylist.auto_whitelist, Seconds(86_400));
+        assert_eq!(c.greylist.fail_open, FailMode::Tempfail);
+        let c = parse("[greylist]\nfail_open = false\n").unwrap();
+        assert_eq!(c.greylist.fail_open, FailMode::Tempfail);
+        assert_eq!(Seconds::parse("35d"), Some(Seconds(35 * 86_400)));
+        assert_eq!(Seconds::parse("2w"), Some(Seconds(14 * 86_400)));
+        assert_eq!(Seconds::parse("5 parsecs"), None);
+    }
+
+    #[test]
+    fn networks_and_regexes_parse() {
+        let c = parse(
+            "[whitelist]\nnetworks = [\"192.0.2.7/24\", \"2001:db8::1\"]\nsender_regex = [\"^news@\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.whitelist.networks[0].0.to_string(), "192.0.2.0/24");
+        assert_eq!(c.whitelist.networks[1].0.to_string(), "2001:db8::1/128");
+        assert!(c.whitelist.sender_regex[0].0.is_match("NEWS@example.com"));
+    }
+
+    #[test]
+    fn reports_every_error_with_location() {
+        let text = "\
+[greylist]
+delay = \"5 fortnights\"
+retry_window = \"1h\"
+bogus = 1
+ipv4_prefix = 40
+
+[whitelist]
+networks = [
+  \"192.0.2.0/24\",
+  \"not-a-network\",
+]
+sender_regex = [\"(unclosed\"]
+
+[nonsense]
+a = 1
+";
+        let errs = parse(text).unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        let all = errs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(lines.contains(&2), "bad duration on line 2:\n{all}");
+        assert!(lines.contains(&4), "unknown key on line 4:\n{all}");
+        assert!(lines.contains(&10), "bad network on line 10:\n{all}");
+        assert!(lines.contains(&12), "bad regex on line 12:\n{all}");
+        assert!(lines.contains(&14), "unknown table on line 14:\n{all}");
+        assert!(lines.contains(&5), "prefix out of range on line 5:\n{all}");
+        assert!(all.contains("test.toml:2:"), "{all}");
+        assert!(all.contains("bogus"), "{all}");
+        assert!(all.contains("not-a-network"), "{all}");
+        assert!(all.contains("ipv4_prefix 40"), "{all}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let text = "[greylist]\ndelay = \"2h\"\nretry_window = \"1h\"\n\n[reply]\ncode = 550\nstatus = \"5.7.1\"\n\n[admin]\nlisten = \"192.0.2.1:8080\"\n\n[whitelist]\nnetwork_files = [\"/nonexistent/file\"]\n\n[milter]\nsocket_mode = \"999\"\n";
+        let errs = parse(text).unwrap_err();
+        let found: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+        assert!(
+            found.iter().any(|(l, m)| *l == 3 && m.contains("shorter")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(l, m)| *l == 6 && m.contains("4xx")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(l, m)| *l == 7 && m.contains("4.x.y")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == 10 && m.contains("loopback")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == 13 && m.contains("does not exist")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(l, m)| *l == 16 && m.contains("octal")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let errs = parse("[greylist]\ndelay = \n").unwrap_err();
+        assert_eq!(errs[0].line, 2, "{errs:?}");
+    }
+
+    #[test]
+    fn check_config_reads_files_and_reports_missing() {
+        let errs = check_config(Path::new("/nonexistent/greylist.toml")).unwrap_err();
+        assert!(errs[0].message.contains("cannot read"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nets.txt"), "192.0.2.0/24\n").unwrap();
+        let cfg = dir.path().join("g.toml");
+        std::fs::write(&cfg, "[whitelist]\nnetwork_files = [\"nets.txt\"]\n").unwrap();
+        let c = check_config(&cfg).unwrap();
+        assert_eq!(c.whitelist.network_files, vec![PathBuf::from("nets.txt")]);
+    }
+
+    #[test]
+    fn example_config_is_valid_and_matches_defaults() {
+        let text = include_str!("../greylist.toml.example");
+        let c = parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+        // The example only writes the defaults (files lists are empty).
+        assert_eq!(c.params(), Config::default().params());
+        assert_eq!(c.greylist, Config::default().greylist);
+        assert_eq!(c.reply, Config::default().reply);
+    }
+
+    #[test]
+    fn line_col_counts_chars() {
+        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_col("", 5), (1, 1));
+    }
+}
