@@ -1,0 +1,334 @@
+//! The facade the milter glue calls: [`Engine::check_rcpt`] at RCPT,
+//! [`Engine::x_greylist_header`] at end of message, [`Engine::explain`] for the admin.
+//!
+//! It combines the whitelist, the store, the pure policy and the clock, counts every
+//! decision in [`Metrics`], applies the failure policy when the store fails, and
+//! implements dry-run (decide, record and log, but always continue).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, FailMode};
+use crate::decision_log::{log_decision, rfc5322_date};
+use crate::metrics::Metrics;
+use crate::policy::{Decision, Params, PassReason, TempfailReason, decide, passes_at};
+use crate::record::{HostRecord, TupleRecord};
+use crate::store::{ExpireReport, Store, StoreError};
+use crate::tuple::{Key, mask, normalize_recipient, normalize_sender};
+use crate::whitelist::{Subject, Whitelist};
+
+/// What the MTA told us about one recipient (borrowed from the milter session).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RcptContext<'a> {
+    /// Client address; `None` for non-IP (local) connections.
+    pub client_addr: Option<IpAddr>,
+    /// Client host name (`{client_name}` or the connect host name), if known.
+    pub client_name: Option<&'a str>,
+    /// `{auth_authen}`: the SMTP AUTH user, if any.
+    pub auth_authen: Option<&'a str>,
+    /// Envelope sender as given at MAIL (raw, brackets allowed).
+    pub sender: &'a str,
+    /// Envelope recipient as given at RCPT (raw, brackets allowed).
+    pub recipient: &'a str,
+    /// MTA queue id (`{i}`), for logs; Postfix may not have it before DATA.
+    pub queue_id: Option<&'a str>,
+}
+
+/// An SMTP reply for a tempfailed recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    /// 4xx code.
+    pub code: u16,
+    /// Enhanced status code, e.g. `4.7.1`.
+    pub status: String,
+    /// Text.
+    pub text: String,
+}
+
+/// What the milter should do with the recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Accept the recipient (continue).
+    Continue,
+    /// Reply with this temporary failure.
+    Tempfail(Arc<SmtpReply>),
+}
+
+/// The result of [`Engine::check_rcpt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptOutcome {
+    /// The decision (in dry-run mode, the decision that would have been enforced).
+    pub decision: Decision,
+    /// What to do now.
+    pub action: Action,
+    /// The tuple key, if the recipient was not bypassed.
+    pub key: Option<Key>,
+    /// Set when this recipient passed after being delayed: the delay in seconds. The
+    /// glue adds the header ([`Engine::x_greylist_header`]) at end of message.
+    pub delayed: Option<u64>,
+}
+
+/// The answer to "what would happen to this tuple, and why?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The decision an attempt now would get.
+    pub decision: Decision,
+    /// The tuple key (`None` if bypassed before a key was needed).
+    pub key: Option<Key>,
+    /// The stored tuple record.
+    pub record: Option<TupleRecord>,
+    /// The stored host record of the network.
+    pub host: Option<HostRecord>,
+    /// Pending tuples of the network.
+    pub pending_in_network: u32,
+    /// When a retry would pass (unix seconds), if nothing else changes; for a tuple that
+    /// would start a new round, the time a retry would pass after that attempt.
+    pub passes_at: Option<u64>,
+    /// The time the explanation was computed for.
+    pub now: u64,
+}
+
+#[derive(Debug)]
+struct Settings {
+    params: Params,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    fail_mode: FailMode,
+    dry_run: bool,
+    reply: Arc<SmtpReply>,
+    header: Option<String>,
+    expire_batch: usize,
+}
+
+impl Settings {
+    fn from_config(c: &Config) -> Self {
+        Settings {
+            params: c.params(),
+            ipv4_prefix: c.greylist.ipv4_prefix,
+            ipv6_prefix: c.greylist.ipv6_prefix,
+            fail_mode: c.greylist.fail_open,
+            dry_run: c.greylist.dry_run,
+            reply: Arc::new(SmtpReply {
+                code: c.reply.code,
+                status: c.reply.status.clone(),
+                text: c.reply.text.clone(),
+            }),
+            header: c.header.enabled.then(|| c.header.name.clone()),
+            expire_batch: c.store.expire_batch,
+        }
+    }
+}
+
+/// The greylisting engine.
+#[derive(Debug)]
+pub struct Engine {
+    settings: RwLock<Arc<Settings>>,
+    whitelist: Whitelist,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    hostname: String,
+}
+
+impl Engine {
+    /// Builds an engine. `config_path` locates relative whitelist files; `hostname` goes
+    /// into the `X-Greylist` header.
+    pub fn new(
+        config: &Config,
+        config_path: &Path,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        hostname: impl Into<String>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        Ok(Engine {
+            settings: RwLock::new(Arc::new(Settings::from_config(config))),
+            whitelist: Whitelist::new(config, config_path)?,
+            store,
+            clock,
+            metrics: Metrics::default(),
+            hostname: hostname.into(),
+        })
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies a new configuration (timings, reply, whitelists) atomically. The store and
+    /// listener settings are not changed here. On error nothing changes.
+    pub fn reload(&self, config: &Config, config_path: &Path) -> Result<(), Vec<ConfigError>> {
+        self.whitelist.reload(config, config_path)?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Settings::from_config(config));
+        Ok(())
+    }
+
+    /// The live whitelist (for `files_changed` polling and reloads).
+    pub fn whitelist(&self) -> &Whitelist {
+        &self.whitelist
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Decides for one recipient, records what the policy asks for, logs and counts.
+    pub async fn check_rcpt(&self, ctx: &RcptContext<'_>) -> RcptOutcome {
+        let s = self.settings();
+        let recipient = normalize_recipient(ctx.recipient);
+        let subject = Subject {
+            client_ip: ctx.client_addr,
+            client_name: ctx.client_name,
+            auth_authen: ctx.auth_authen,
+            sender: ctx.sender,
+            recipient: &recipient,
+        };
+        let bypass = self.whitelist.check(&subject);
+        let (decision, key) = match (bypass, ctx.client_addr) {
+            (Some(b), _) => (Decision::Bypass(b), None),
+            (None, None) => (
+                Decision::Bypass(crate::policy::BypassReason::NonIpClient),
+                None,
+            ),
+            (None, Some(ip)) => {
+                let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
+                let key = Key::new(&net, &normalize_sender(ctx.sender), &recipient);
+                let d = self.decide_stored(&s, &key).await;
+                (d, Some(key))
+            }
+        };
+        self.metrics.record_decision(&decision);
+        log_decision(
+            ctx.queue_id,
+            ctx.client_addr,
+            ctx.sender,
+            ctx.recipient,
+            key.as_ref(),
+            &decision,
+            s.dry_run,
+        );
+        let action = if decision.accepts() || s.dry_run {
+            Action::Continue
+        } else {
+            Action::Tempfail(Arc::clone(&s.reply))
+        };
+        let delayed = match decision {
+            Decision::Pass(PassReason::DelayMet { delayed }) => Some(delayed),
+            _ => None,
+        };
+        RcptOutcome {
+            decision,
+            action,
+            key,
+            delayed,
+        }
+    }
+
+    async fn decide_stored(&self, s: &Settings, key: &Key) -> Decision {
+        let now = self.clock.now();
+        let t = Instant::now();
+        let snap = self.store.lookup(key).await;
+        self.metrics.record_store_latency(t.elapsed());
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(e) => return self.store_failed(s, key, &e),
+        };
+        let (decision, updates) = decide(&s.params, None, &snap, now);
+        if !updates.is_empty() {
+            let t = Instant::now();
+            let r = self.store.apply(key, &updates).await;
+            self.metrics.record_store_latency(t.elapsed());
+            if let Err(e) = r {
+                return self.store_failed(s, key, &e);
+            }
+        }
+        decision
+    }
+
+    fn store_failed(&self, s: &Settings, key: &Key, e: &StoreError) -> Decision {
+        self.metrics.record_store_error();
+        let d = match s.fail_mode {
+            FailMode::Pass => Decision::Pass(PassReason::StoreFailOpen),
+            FailMode::Tempfail => Decision::Tempfail(TempfailReason::StoreUnavailable),
+        };
+        tracing::warn!(key = %key, error = %e, decision = d.label(), "greylist store failed");
+        d
+    }
+
+    /// The `X-Greylist` header (name, value) for a message that passed after `delayed`
+    /// seconds, or `None` if the header is disabled:
+    /// `delayed 312 seconds by greylist-filter at HOST; Tue, 14 Nov 2023 22:13:20 +0000`.
+    pub fn x_greylist_header(&self, delayed: u64) -> Option<(String, String)> {
+        let name = self.settings().header.clone()?;
+        let value = format!(
+            "delayed {delayed} seconds by greylist-filter at {}; {}",
+            self.hostname,
+            rfc5322_date(self.clock.now())
+        );
+        Some((name, value))
+    }
+
+    /// What would happen to (ip, sender, recipient) now, and when it would pass, without
+    /// changing the store. Connection facts (AUTH, host name) are not known here.
+    pub async fn explain(
+        &self,
+        ip: IpAddr,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<Explanation, StoreError> {
+        let s = self.settings();
+        let now = self.clock.now();
+        let rcpt = normalize_recipient(recipient);
+        let subject = Subject {
+            client_ip: Some(ip),
+            client_name: None,
+            auth_authen: None,
+            sender,
+            recipient: &rcpt,
+        };
+        if let Some(b) = self.whitelist.check(&subject) {
+            return Ok(Explanation {
+                decision: Decision::Bypass(b),
+                key: None,
+                record: None,
+                host: None,
+                pending_in_network: 0,
+                passes_at: Some(now),
+                now,
+            });
+        }
+        let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
+        let key = Key::new(&net, &normalize_sender(sender), &rcpt);
+        let snap = self.store.lookup(&key).await?;
+        let (decision, _) = decide(&s.params, None, &snap, now);
+        let at = match decision {
+            Decision::Greylist { retry_after, .. } => Some(now.saturating_add(retry_after)),
+            Decision::Tempfail(_) => None,
+            _ => passes_at(&s.params, &snap, now),
+        };
+        Ok(Explanation {
+            decision,
+            key: Some(key),
+            record: snap.tuple,
+            host: snap.host,
+            pending_in_network: snap.pending_in_network,
+            passes_at: at,
+            now,
+        })
+    }
+
+    /// One incremental expiry step (at most `[store] expire_batch` records).
+    pub async fn expire_step(&self) -> Result<ExpireReport, StoreError> {
+        let batch = self.settings().expire_batch;
+        self.store.expire(self.clock.now(), batch).await
+    }
+}
