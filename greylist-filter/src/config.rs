@@ -528,12 +528,11 @@ fn refine_offset(text: &str, span: &std::ops::Range<usize>, message: &str) -> us
         .split_once('"')
         .and_then(|(_, rest)| rest.split_once('"'))
         .map(|(v, _)| v);
-    if let (Some(v), Some(region)) = (quoted, text.get(span.clone())) {
-        if !v.is_empty() {
-            if let Some(i) = region.find(&format!("\"{v}\"")) {
-                return span.start + i;
-            }
-        }
+    if let (Some(v), Some(region)) = (quoted, text.get(span.clone()))
+        && !v.is_empty()
+        && let Some(i) = region.find(&format!("\"{v}\""))
+    {
+        return span.start + i;
     }
     span.start
 }
@@ -579,10 +578,10 @@ pub fn key_position(text: &str, table: &str, key: &str) -> Option<(usize, usize)
         if current != table {
             continue;
         }
-        if let Some(rest) = t.strip_prefix(key) {
-            if rest.trim_start().starts_with('=') {
-                return Some((i + 1, line.len() - t.len() + 1));
-            }
+        if let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some((i + 1, line.len() - t.len() + 1));
         }
     }
     None
@@ -710,14 +709,14 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
     if c.milter.socket.trim().is_empty() {
         err("milter", "socket", "socket must not be empty".into());
     }
-    if let Some(a) = c.admin.listen {
-        if !is_loopback(a.ip()) {
-            err(
-                "admin",
-                "listen",
-                format!("admin listener {a} must be on a loopback address"),
-            );
-        }
+    if let Some(a) = c.admin.listen
+        && !is_loopback(a.ip())
+    {
+        err(
+            "admin",
+            "listen",
+            format!("admin listener {a} must be on a loopback address"),
+        );
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::{Cidr, Seconds};
+use crate::config::Cidr;
 use crate::policy::Params;
 use crate::record::{TupleRecord, TupleState};
 use crate::store::{Store, StoreError};
@@ -648,11 +648,6 @@ pub async fn import_into(
     }
     store.flush().await?;
     Ok(n)
-}
-
-/// Formats seconds the way the TOML durations read best (used by tools).
-pub fn format_seconds(s: Seconds) -> String {
-    format!("{}s", s.0)
 }
 
 #[cfg(test)]

@@ -1,4 +1,69 @@
-//! Greylisting library (work in progress).
+//! # greylist-filter: greylisting for Sendmail and Postfix, as a library
+//!
+//! This crate is the testable core of the greylisting milter; the milter glue (a
+//! `milter_server::Milter` implementation) and the daemon's `main.rs` sit on top of
+//! [`Engine`].
+//!
+//! ## The algorithm
+//!
+//! Each recipient is decided at RCPT on a *tuple*: the client network (the address
+//! masked to /24 for IPv4 and /64 for IPv6, IPv4-mapped IPv6 treated as IPv4), the
+//! normalised envelope sender (lower case, BATV, SRS, `+ext` and VERP counters folded,
+//! see [`tuple`](mod@tuple)) and the recipient.
+//!
+//! 1. Unknown tuple: remember when it was first seen and answer `451 4.7.1`.
+//! 2. Retry before `delay` (5 min): `451` again; the first-seen time does not move.
+//! 3. Retry after `delay` and within `retry_window` (24 h) of the first attempt: pass.
+//!    The tuple is now auto-whitelisted for `auto_whitelist` (35 days), refreshed on
+//!    every later pass, and the message gets an `X-Greylist` header saying how long it
+//!    was delayed.
+//! 4. A pending tuple not retried in its window, or an auto-whitelist entry that ran
+//!    out, starts over at 1.
+//!
+//! A network that passed 3 distinct tuples is trusted for 35 days (all its mail
+//! passes). A network may hold at most 1,000 pending tuples; past that, new tuples are
+//! tempfailed without being stored, so a spam run cannot grow the database without bound.
+//! Loopback, local networks, authenticated clients, `postmaster@`/`abuse@` and the
+//! configured whitelists bypass greylisting ([`whitelist`]).
+//!
+//! The decision itself is a pure function ([`policy::decide`]) of the stored records,
+//! the whitelist verdict, the parameters and `now`; the [`Engine`] reads the clock and
+//! the store, calls it, and writes back what it returns. This keeps the rules testable
+//! with tables and properties, and lets [`Engine::explain`] answer "why, and when will it
+//! pass?" without side effects.
+//!
+//! ## Storage: why redb, group commit and incremental expiry
+//!
+//! - **redb** ([`store::RedbStore`]) is an embedded, transactional, copy-on-write
+//!   B-tree store in one file: no service to run, and a `kill -9` or power loss leaves
+//!   the last committed state (tested by killing a writer process). milter-greylist
+//!   instead rewrote a text dump of its whole in-memory table under a global lock and
+//!   lost everything since the last dump on a crash.
+//! - **Group commit.** What must not be lost is a tuple *passing* (otherwise a sender
+//!   that did everything right is delayed again): those writes are committed with fsync
+//!   before the reply. First-seen records and counters are cheap to lose (the sender is
+//!   greylisted once more), so they are buffered (visible to reads at once) and committed
+//!   by a background writer every second or every 10,000 records. One fsync then covers
+//!   thousands of new tuples, which is what makes tens of thousands of new tuples per
+//!   second possible. Sliding expiries are only rewritten when they move by a minute or
+//!   more, so auto-whitelisted lookups are reads.
+//! - **Incremental expiry.** An index ordered by expiry time lets
+//!   [`store::Store::expire`] delete at most N due records per call, so no step ever
+//!   scans or rewrites the store (postgrey's nightly full scan stalls the MTA).
+//! - Every backend implements [`store::Store`] and passes the same contract suite
+//!   (`store::contract`, feature `contract-tests`); [`store::MemoryStore`] serves tests.
+//!
+//! ## Failure policy
+//!
+//! Greylisting is an optimisation: if the store fails, mail passes by default
+//! (`fail_open = true`), logged and counted; `fail_open = "tempfail"` defers instead.
+//! `dry_run = true` decides, records and logs, but never tempfails.
+//!
+//! ## Modules
+//!
+//! [`config`] (TOML with `file:line:col` errors), [`tuple`](mod@tuple), [`policy`], [`record`],
+//! [`store`], [`whitelist`], [`clock`], [`metrics`], [`decision_log`], [`import`]
+//! (milter-greylist configuration and dump), [`engine`].
 #![forbid(unsafe_code)]
 
 pub mod clock;

@@ -344,10 +344,11 @@ impl WhitelistSet {
             .client_name
             .map(str::trim)
             .filter(|h| !h.is_empty() && !h.starts_with('[') && *h != "unknown");
-        if let Some(h) = host {
-            if !self.hosts.0.is_empty() && self.hosts.matches(&h.to_ascii_lowercase()) {
-                return Some(BypassReason::ClientHost);
-            }
+        if let Some(h) = host
+            && !self.hosts.0.is_empty()
+            && self.hosts.matches(&h.to_ascii_lowercase())
+        {
+            return Some(BypassReason::ClientHost);
         }
         if !self.senders.is_empty() {
             let raw = s
