@@ -1,0 +1,693 @@
+//! One milter connection: read frames, run callbacks, write replies.
+//!
+//! Everything for one connection runs in one task with no per-message
+//! spawn. Frames are cut from one read buffer without copying; all the
+//! packets of one turn (end-of-message modifications plus the final reply,
+//! or the replies to pipelined commands) leave in one write, so Nagle never
+//! holds a reply back.
+
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use milter_proto::command::code as cmd;
+use milter_proto::{
+    Agreed, Command, Connect, Expect, FilterOptions, FrameDecoder, MacroStore, OptNeg,
+    ProtocolFlags, Response, Session, negotiate,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::{Config, FailurePolicy};
+use crate::context::{Context, EomContext};
+use crate::error::SessionError;
+use crate::milter::{BoxError, Milter, Options, Stages, Status};
+
+/// A byte stream a milter session can run on. Implemented for tokio's TCP
+/// and unix streams and for in-memory duplex pipes; wrap anything else in
+/// [`Plain`].
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Called after every read. On TCP this re-arms `TCP_QUICKACK`, so an
+    /// MTA that writes a packet needing no reply and then another does not
+    /// wait 40 ms for our delayed ACK.
+    fn after_read(&self) {}
+
+    /// Waits until the stream is readable without reserving a buffer, so an
+    /// idle connection holds no read buffer. The default is always ready.
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn after_read(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            // Best effort: the option is an optimisation, not a requirement.
+            let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
+        }
+    }
+
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {}
+
+/// Adapts any `AsyncRead + AsyncWrite` stream as a [`Transport`].
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Plain<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Plain<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for Plain<T> {}
+
+/// Serves one milter connection with `milter` until the MTA quits, the
+/// connection fails, or the peer breaks the protocol (the error says why).
+///
+/// For people who own their accept loop; [`crate::Server`] does the rest.
+pub async fn serve_connection<M: Milter, T: Transport>(
+    io: T,
+    milter: M,
+    config: &Config,
+) -> Result<(), SessionError> {
+    let never = CancellationToken::new();
+    run(io, milter, config, next_id(), &never, &never).await
+}
+
+pub(crate) fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the loop does after a command.
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Why a callback produced no status.
+enum Failure {
+    Error(BoxError),
+    Panic(String),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "returned an error: {e}"),
+            Failure::Panic(msg) => write!(f, "panicked: {msg}"),
+            Failure::Timeout(d) => write!(f, "did not finish within {d:?}"),
+        }
+    }
+}
+
+/// Runs a callback with the configured timeout, catching panics.
+async fn guarded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, BoxError>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+        Err(_) => Err(Failure::Timeout(limit)),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            Err(Failure::Panic(msg))
+        }
+        Ok(Ok(Err(e))) => Err(Failure::Error(e)),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+struct Conn<'c, M: Milter> {
+    milter: M,
+    id: u64,
+    config: &'c Config,
+    session: Session,
+    macros: MacroStore,
+    client: Option<Connect>,
+    agreed: Agreed,
+    /// No-reply bits the filter wanted but the MTA does not know: answer CONTINUE.
+    fake_no_reply: ProtocolFlags,
+    /// The filter's stages and no-reply stages as negotiated.
+    options: Options,
+    message: Option<M::Message>,
+    out: BytesMut,
+    body: BytesMut,
+}
+
+fn initial_agreed() -> Agreed {
+    Agreed {
+        reply: Default::default(),
+        version: 0,
+        actions: Default::default(),
+        protocol: ProtocolFlags::empty(),
+        fake_no_reply: ProtocolFlags::empty(),
+        max_data_size: milter_proto::frame::MAX_DATA_SIZE_64K,
+        macros_sent: false,
+    }
+}
+
+/// Protocol flags for a filter's options against an offer.
+fn wanted_protocol(options: &Options, offer: &OptNeg) -> ProtocolFlags {
+    let mut p = ProtocolFlags::empty();
+    let pairs = [
+        (
+            Stages::CONNECT,
+            ProtocolFlags::NO_CONNECT,
+            ProtocolFlags::NR_CONNECT,
+        ),
+        (Stages::HELO, ProtocolFlags::NO_HELO, ProtocolFlags::NR_HELO),
+        (Stages::MAIL, ProtocolFlags::NO_MAIL, ProtocolFlags::NR_MAIL),
+        (Stages::RCPT, ProtocolFlags::NO_RCPT, ProtocolFlags::NR_RCPT),
+        (Stages::DATA, ProtocolFlags::NO_DATA, ProtocolFlags::NR_DATA),
+        (
+            Stages::HEADER,
+            ProtocolFlags::NO_HEADERS,
+            ProtocolFlags::NR_HEADER,
+        ),
+        (Stages::EOH, ProtocolFlags::NO_EOH, ProtocolFlags::NR_EOH),
+        (Stages::BODY, ProtocolFlags::NO_BODY, ProtocolFlags::NR_BODY),
+        (
+            Stages::UNKNOWN,
+            ProtocolFlags::NO_UNKNOWN,
+            ProtocolFlags::NR_UNKNOWN,
+        ),
+    ];
+    for (stage, no, nr) in pairs {
+        if !options.stages.contains(stage) {
+            p |= no;
+        } else if options.no_reply.contains(stage) {
+            p |= nr;
+        }
+    }
+    // A stage nobody handles needs no reply either: if the MTA knows NO*
+    // it will not send it, and if it does not, NR spares the round trip.
+    if offer.protocol.contains(ProtocolFlags::SKIP) {
+        p |= ProtocolFlags::SKIP;
+    }
+    if options.header_leading_space {
+        p |= ProtocolFlags::HEADER_LEADING_SPACE;
+    }
+    if options.rejected_recipients {
+        p |= ProtocolFlags::RCPT_REJ;
+    }
+    p
+}
+
+fn stage_of(code: u8) -> Stages {
+    match code {
+        cmd::CONNECT => Stages::CONNECT,
+        cmd::HELO => Stages::HELO,
+        cmd::MAIL => Stages::MAIL,
+        cmd::RCPT => Stages::RCPT,
+        cmd::DATA => Stages::DATA,
+        cmd::HEADER => Stages::HEADER,
+        cmd::EOH => Stages::EOH,
+        cmd::BODY => Stages::BODY,
+        cmd::UNKNOWN => Stages::UNKNOWN,
+        _ => Stages::empty(),
+    }
+}
+
+fn nr_bit(code: u8) -> ProtocolFlags {
+    match code {
+        cmd::CONNECT => ProtocolFlags::NR_CONNECT,
+        cmd::HELO => ProtocolFlags::NR_HELO,
+        cmd::MAIL => ProtocolFlags::NR_MAIL,
+        cmd::RCPT => ProtocolFlags::NR_RCPT,
+        cmd::DATA => ProtocolFlags::NR_DATA,
+        cmd::HEADER => ProtocolFlags::NR_HEADER,
+        cmd::EOH => ProtocolFlags::NR_EOH,
+        cmd::BODY => ProtocolFlags::NR_BODY,
+        cmd::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
+        _ => ProtocolFlags::empty(),
+    }
+}
+
+impl<M: Milter> Conn<'_, M> {
+    fn policy_status(&self) -> Status {
+        match self.config.failure_policy {
+            FailurePolicy::Tempfail => Status::Tempfail,
+            FailurePolicy::Reject => Status::Reject,
+            FailurePolicy::Continue => Status::Continue,
+            FailurePolicy::Accept => Status::Accept,
+            FailurePolicy::Reply(ref r) => Status::Reply(r.clone()),
+        }
+    }
+
+    fn failed(&self, stage: &'static str, failure: Failure) -> Status {
+        let status = self.policy_status();
+        warn!(conn = self.id, stage, reply = ?status, "milter callback {failure}; answering with the failure policy");
+        status
+    }
+
+    fn status_to_response(&self, status: Status, at_eom: bool) -> Response {
+        match status {
+            Status::Continue => Response::Continue,
+            Status::Accept => Response::Accept,
+            Status::Reject => Response::Reject,
+            Status::Tempfail => Response::Tempfail,
+            Status::Discard => Response::Discard,
+            Status::Skip if at_eom || !self.agreed.protocol.contains(ProtocolFlags::SKIP) => {
+                Response::Continue
+            }
+            Status::Skip => Response::Skip,
+            Status::Reply(reply) => Response::ReplyCode(reply.to_bytes()),
+        }
+    }
+
+    fn reply(&mut self, response: &Response) -> Result<(), SessionError> {
+        let effect = self.session.on_response(response)?;
+        response.encode(&mut self.out, self.agreed.max_data_size)?;
+        if effect.message_ended {
+            self.message = None;
+        }
+        Ok(())
+    }
+
+    async fn negotiate(&mut self, offer: &OptNeg) -> Result<(), SessionError> {
+        let options =
+            match guarded(self.config.callback_timeout, self.milter.negotiate(offer)).await {
+                Ok(o) => o,
+                Err(failure) => return Err(SessionError::NegotiateCallback(failure.to_string())),
+            };
+        let wanted = FilterOptions {
+            actions: options.actions,
+            protocol: wanted_protocol(&options, offer),
+            max_data_size: options.max_data_size,
+            macros: options.macros.clone(),
+        };
+        let agreed = negotiate(offer, &wanted)?;
+        self.fake_no_reply = agreed.fake_no_reply;
+        self.options = options;
+        let reply = Response::OptNeg(agreed.reply.clone());
+        self.agreed = agreed;
+        debug!(conn = self.id, version = self.agreed.version, actions = ?self.agreed.actions, protocol = ?self.agreed.protocol, "negotiated");
+        self.reply(&reply)
+    }
+
+    /// Handles one command; replies are appended to `self.out`.
+    async fn handle(
+        &mut self,
+        command: Command,
+        io: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Flow, SessionError> {
+        let code = command.code();
+        let effect = self.session.on_command(&command)?;
+        self.macros.on_command(code);
+        let limit = self.config.callback_timeout;
+        if effect.aborted
+            && let Some(msg) = self.message.take()
+        {
+            let ctx = Context {
+                id: self.id,
+                macros: &self.macros,
+                client: self.client.as_ref(),
+                agreed: &self.agreed,
+            };
+            if let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await {
+                warn!(conn = self.id, "abort callback {failure}");
+            }
+        }
+        if effect.message_started {
+            self.message = Some(M::Message::default());
+        }
+        let wants_callback = self.options.stages.contains(stage_of(code));
+        let status: Option<Status> = match command {
+            Command::OptNeg(offer) => {
+                self.negotiate(&offer).await?;
+                return Ok(Flow::Continue);
+            }
+            Command::Macro(m) => {
+                self.macros.set(m);
+                None
+            }
+            Command::Connect(c) => {
+                self.client = Some(c);
+                let ctx = Context {
+                    id: self.id,
+                    macros: &self.macros,
+                    client: self.client.as_ref(),
+                    agreed: &self.agreed,
+                };
+                match (wants_callback, ctx.client) {
+                    (true, Some(client)) => Some(
+                        guarded(limit, self.milter.connect(&ctx, client))
+                            .await
+                            .unwrap_or_else(|f| self.failed("connect", f)),
+                    ),
+                    _ => Some(Status::Continue),
+                }
+            }
+            Command::Quit | Command::QuitNc => {
+                let ctx = Context {
+                    id: self.id,
+                    macros: &self.macros,
+                    client: self.client.as_ref(),
+                    agreed: &self.agreed,
+                };
+                if let Err(failure) = guarded(limit, self.milter.close(&ctx)).await {
+                    warn!(conn = self.id, "close callback {failure}");
+                }
+                self.client = None;
+                self.message = None;
+                return Ok(if effect.quit {
+                    Flow::Quit
+                } else {
+                    Flow::Continue
+                });
+            }
+            Command::Abort => None,
+            Command::EndOfMessage(chunk) => {
+                let status = self.end_of_message(chunk, io).await?;
+                let response = self.status_to_response(status, true);
+                self.out.extend_from_slice(&self.body);
+                self.body.clear();
+                self.reply(&response)?;
+                self.message = None;
+                return Ok(Flow::Continue);
+            }
+            other if wants_callback => Some(self.stage_callback(other).await),
+            _ => Some(Status::Continue),
+        };
+        match (effect.expect, status) {
+            (Expect::Reply, Some(status)) => {
+                let response = if self.fake_no_reply.contains(nr_bit(code)) {
+                    if status != Status::Continue {
+                        warn!(conn = self.id, command = %char::from(code), ?status, "decision of a no-reply stage dropped");
+                    }
+                    Response::Continue
+                } else {
+                    self.status_to_response(status, false)
+                };
+                self.reply(&response)?;
+            }
+            (Expect::Nothing, Some(status)) if status != Status::Continue => {
+                warn!(conn = self.id, command = %char::from(code), ?status, "decision of a no-reply stage dropped");
+            }
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Runs the callback of a stage command other than CONNECT and EOM.
+    async fn stage_callback(&mut self, command: Command) -> Status {
+        let limit = self.config.callback_timeout;
+        let ctx = Context {
+            id: self.id,
+            macros: &self.macros,
+            client: self.client.as_ref(),
+            agreed: &self.agreed,
+        };
+        let milter = &mut self.milter;
+        let result = match (&command, self.message.as_mut()) {
+            (Command::Helo(name), _) => ("helo", guarded(limit, milter.helo(&ctx, name)).await),
+            (Command::Unknown(line), _) => {
+                ("unknown", guarded(limit, milter.unknown(&ctx, line)).await)
+            }
+            (Command::Mail(env), Some(msg)) => (
+                "envfrom",
+                guarded(limit, milter.envfrom(&ctx, msg, env)).await,
+            ),
+            (Command::Rcpt(env), Some(msg)) => (
+                "envrcpt",
+                guarded(limit, milter.envrcpt(&ctx, msg, env)).await,
+            ),
+            (Command::Data, Some(msg)) => ("data", guarded(limit, milter.data(&ctx, msg)).await),
+            (Command::Header(h), Some(msg)) => {
+                ("header", guarded(limit, milter.header(&ctx, msg, h)).await)
+            }
+            (Command::EndOfHeaders, Some(msg)) => {
+                ("eoh", guarded(limit, milter.eoh(&ctx, msg)).await)
+            }
+            (Command::Body(chunk), Some(msg)) => {
+                ("body", guarded(limit, milter.body(&ctx, msg, chunk)).await)
+            }
+            _ => return Status::Continue,
+        };
+        match result {
+            (_, Ok(status)) => status,
+            (stage, Err(failure)) => self.failed(stage, failure),
+        }
+    }
+
+    /// End of message: an optional last body chunk, then the eom callback
+    /// with its modifications.
+    async fn end_of_message(
+        &mut self,
+        chunk: Bytes,
+        io: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Status, SessionError> {
+        let limit = self.config.callback_timeout;
+        let msg = self.message.get_or_insert_with(M::Message::default);
+        if !chunk.is_empty() && self.options.stages.contains(Stages::BODY) {
+            let ctx = Context {
+                id: self.id,
+                macros: &self.macros,
+                client: self.client.as_ref(),
+                agreed: &self.agreed,
+            };
+            // libmilter would send the body decision and then the EOM one
+            // (two replies to one command); a decision here is final instead.
+            match guarded(limit, self.milter.body(&ctx, msg, &chunk)).await {
+                Ok(Status::Continue) | Ok(Status::Skip) => {}
+                Ok(status) => return Ok(status),
+                Err(failure) => {
+                    let status = self.policy_status();
+                    warn!(conn = self.id, stage = "body", reply = ?status, "milter callback {failure}; answering with the failure policy");
+                    return Ok(status);
+                }
+            }
+        }
+        let mut eom = EomContext {
+            ctx: Context {
+                id: self.id,
+                macros: &self.macros,
+                client: self.client.as_ref(),
+                agreed: &self.agreed,
+            },
+            out: &mut self.out,
+            body: &mut self.body,
+            io,
+            max_payload: self.agreed.max_data_size,
+            body_replaced: false,
+            modifications: 0,
+        };
+        let result = guarded(limit, self.milter.eom(&mut eom, msg)).await;
+        Ok(match result {
+            Ok(status) => status,
+            Err(failure) => {
+                // Modifications of a failed callback are not sent.
+                let status = self.policy_status();
+                warn!(conn = self.id, stage = "eom", reply = ?status, "milter callback {failure}; answering with the failure policy");
+                self.body.clear();
+                status
+            }
+        })
+    }
+
+    /// Runs the abort and close callbacks when the connection ends
+    /// without QUIT.
+    async fn lost(&mut self) {
+        let limit = self.config.callback_timeout;
+        let ctx = Context {
+            id: self.id,
+            macros: &self.macros,
+            client: self.client.as_ref(),
+            agreed: &self.agreed,
+        };
+        if let Some(msg) = self.message.take()
+            && let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await
+        {
+            warn!(conn = self.id, "abort callback {failure}");
+        }
+        if self.session.is_negotiated()
+            && let Err(failure) = guarded(limit, self.milter.close(&ctx)).await
+        {
+            warn!(conn = self.id, "close callback {failure}");
+        }
+    }
+}
+
+/// The size a read buffer is given before a read.
+const READ_RESERVE: usize = 8 * 1024;
+/// A read buffer larger than this is released once it is empty.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+pub(crate) async fn run<M: Milter, T: Transport>(
+    mut io: T,
+    milter: M,
+    config: &Config,
+    id: u64,
+    graceful: &CancellationToken,
+    hard: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut conn = Conn {
+        milter,
+        id,
+        config,
+        session: Session::new(),
+        macros: MacroStore::new(),
+        client: None,
+        agreed: initial_agreed(),
+        fake_no_reply: ProtocolFlags::empty(),
+        options: Options::default(),
+        message: None,
+        out: BytesMut::new(),
+        body: BytesMut::new(),
+    };
+    let result = tokio::select! {
+        biased;
+        () = hard.cancelled() => Err(SessionError::Shutdown),
+        r = serve(&mut conn, &mut io, graceful) => r,
+    };
+    match &result {
+        Ok(()) => {}
+        Err(SessionError::Closed) => {
+            conn.lost().await;
+        }
+        Err(e) => {
+            if !matches!(e, SessionError::Shutdown) {
+                warn!(conn = id, error = %e, "closing milter session");
+            }
+            conn.lost().await;
+        }
+    }
+    let _ = io.shutdown().await;
+    match result {
+        Err(SessionError::Closed) => Ok(()),
+        other => other,
+    }
+}
+
+async fn serve<M: Milter, T: Transport>(
+    conn: &mut Conn<'_, M>,
+    io: &mut T,
+    graceful: &CancellationToken,
+) -> Result<(), SessionError> {
+    let config = conn.config;
+    let mut decoder = FrameDecoder::new(config.max_inbound_frame);
+    let mut buf = BytesMut::new();
+    loop {
+        // Every whole frame in the buffer, then one write for all replies.
+        while let Some(frame) = decoder.decode(&mut buf)? {
+            let command = Command::decode(&frame)?;
+            debug!(conn = conn.id, command = %char::from(frame.code), len = frame.payload.len(), "received");
+            match conn.handle(command, io).await? {
+                Flow::Continue => {}
+                Flow::Quit => {
+                    flush(conn, io).await?;
+                    return Ok(());
+                }
+            }
+        }
+        flush(conn, io).await?;
+        let idle = !conn.session.in_message() && conn.session.pending_reply().is_none();
+        if idle && graceful.is_cancelled() {
+            debug!(conn = conn.id, "closing idle session for shutdown");
+            return Ok(());
+        }
+        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+            buf = BytesMut::new();
+        }
+        let wait = async {
+            if buf.is_empty() {
+                std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
+            }
+            if buf.capacity() - buf.len() < READ_RESERVE / 2 {
+                buf.reserve(READ_RESERVE);
+            }
+            io.read_buf(&mut buf).await
+        };
+        let n = tokio::select! {
+            biased;
+            () = graceful.cancelled(), if idle => continue,
+            r = tokio::time::timeout(config.idle_timeout, wait) => match r {
+                Err(_) => return Err(SessionError::IdleTimeout(config.idle_timeout)),
+                Ok(r) => r?,
+            },
+        };
+        if n == 0 {
+            return if buf.is_empty() && conn.session.is_closed() {
+                Ok(())
+            } else if buf.is_empty() {
+                Err(SessionError::Closed)
+            } else {
+                Err(SessionError::TruncatedFrame)
+            };
+        }
+        io.after_read();
+    }
+}
+
+async fn flush<M: Milter, T: Transport>(
+    conn: &mut Conn<'_, M>,
+    io: &mut T,
+) -> Result<(), SessionError> {
+    if conn.out.is_empty() {
+        return Ok(());
+    }
+    let limit = conn.config.write_timeout;
+    let write = async {
+        io.write_all(&conn.out).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Err(_) => return Err(SessionError::WriteTimeout(limit)),
+        Ok(r) => r?,
+    }
+    conn.out.clear();
+    if conn.out.capacity() > SHRINK_ABOVE {
+        conn.out = BytesMut::new();
+    }
+    Ok(())
+}

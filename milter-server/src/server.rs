@@ -1,0 +1,178 @@
+//! The accept loop: connection limit, one task per connection, graceful
+//! shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{Config, OverLimit};
+use crate::conn::{next_id, run};
+use crate::error::Error;
+use crate::listener::{Accepted, Listener};
+use crate::milter::Milter;
+
+/// A milter server: a factory that makes one filter per connection, and
+/// its [`Config`] (`smfi_register` + `smfi_main`).
+///
+/// ```no_run
+/// use milter_server::{Listener, Server, Milter, async_trait};
+///
+/// struct AcceptAll;
+/// #[async_trait]
+/// impl Milter for AcceptAll { type Message = (); }
+///
+/// # async fn run() -> Result<(), milter_server::Error> {
+/// let listener = Listener::bind("inet:7357@127.0.0.1").await?;
+/// Server::new(|| AcceptAll)
+///     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
+/// # }
+/// ```
+#[doc(alias = "smfi_register")]
+#[doc(alias = "smfi_main")]
+pub struct Server<F> {
+    factory: F,
+    config: Config,
+}
+
+impl<F> std::fmt::Debug for Server<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, M> Server<F>
+where
+    F: Fn() -> M + Send + Sync + 'static,
+    M: Milter + 'static,
+{
+    /// A server making filters with `factory`, with the default [`Config`].
+    pub fn new(factory: F) -> Self {
+        Self {
+            factory,
+            config: Config::default(),
+        }
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains: stops accepting,
+    /// closes idle sessions, lets sessions finish the message in flight,
+    /// cuts what is left after [`Config::drain_timeout`], and removes the
+    /// unix socket file.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let config = Arc::new(self.config);
+        let factory = self.factory;
+        let tracker = TaskTracker::new();
+        let graceful = CancellationToken::new();
+        let hard = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        info!(socket = %listener.local_spec(), max_connections = config.max_connections, "milter server listening");
+        tokio::pin!(shutdown);
+        loop {
+            let waited = match config.over_limit {
+                OverLimit::Wait => tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    p = limit.clone().acquire_owned() => p.ok(),
+                },
+                OverLimit::Refuse => None,
+            };
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                r = listener.accept() => r,
+            };
+            let accepted = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    }
+                }
+            };
+            let permit = match waited {
+                Some(p) => p,
+                None => match limit.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        warn!(
+                            max_connections = config.max_connections,
+                            "refusing a connection: the connection limit is reached"
+                        );
+                        drop(accepted);
+                        continue;
+                    }
+                },
+            };
+            let id = next_id();
+            let milter = factory();
+            let config = Arc::clone(&config);
+            let (graceful, hard) = (graceful.clone(), hard.clone());
+            match accepted {
+                Accepted::Unix(stream) => {
+                    let span = info_span!("milter", conn = id);
+                    tracker.spawn(
+                        async move {
+                            let _permit = permit;
+                            let _ = run(stream, milter, &config, id, &graceful, &hard).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+                Accepted::Tcp(stream, peer) => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+                    let span = info_span!("milter", conn = id, %peer);
+                    tracker.spawn(
+                        async move {
+                            let _permit = permit;
+                            let _ = run(stream, milter, &config, id, &graceful, &hard).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+            debug!(conn = id, "accepted");
+        }
+        info!(
+            sessions = tracker.len(),
+            "shutting down: no new connections, draining sessions"
+        );
+        listener.remove_socket_file();
+        drop(listener);
+        graceful.cancel();
+        tracker.close();
+        if tokio::time::timeout(config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions = tracker.len(),
+                "drain deadline passed; cutting the remaining sessions"
+            );
+            hard.cancel();
+            tracker.wait().await;
+        }
+        info!("milter server stopped");
+        Ok(())
+    }
+}
