@@ -1,1 +1,92 @@
-//! Shared helpers for the example milters.
+//! What every example milter shares: the `--listen` options, logging, and
+//! running a server until SIGTERM or SIGINT.
+//!
+//! A milter binary of this project runs in the foreground, listens where
+//! `--listen` says (a libmilter socket specification), and on SIGTERM stops
+//! accepting, lets messages in flight finish, removes its unix socket and
+//! exits 0. Copy [`serve`] into your own milter as it is.
+
+use std::future::Future;
+
+use milter_server::{Listener, Milter, Server, SocketOptions};
+
+/// Where and how to listen: the options every example takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenArgs {
+    /// Socket to listen on: `unix:/path`, `inet:PORT@HOST`, `inet6:PORT@HOST`
+    /// or Postfix's `inet:HOST:PORT`.
+    #[arg(long, value_name = "SPEC")]
+    pub listen: String,
+    /// Permissions of a unix socket, in octal. Postfix connects as user
+    /// `postfix`: use 0666, or 0660 with --socket-group postfix.
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Owner of a unix socket.
+    #[arg(long, value_name = "USER")]
+    pub socket_owner: Option<String>,
+    /// Group of a unix socket.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 660"))
+}
+
+/// Logs to stderr; `RUST_LOG` selects what (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handling the only way out is being killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Binds `args.listen` and serves one `factory()` filter per connection
+/// until SIGTERM or SIGINT, then drains and returns.
+pub async fn serve<F, M>(args: &ListenArgs, factory: F) -> anyhow::Result<()>
+where
+    F: Fn() -> M + Send + Sync + 'static,
+    M: Milter + 'static,
+{
+    serve_until(args, factory, shutdown_signal()).await
+}
+
+/// As [`serve`], until `shutdown` completes.
+pub async fn serve_until<F, M>(
+    args: &ListenArgs,
+    factory: F,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> M + Send + Sync + 'static,
+    M: Milter + 'static,
+{
+    let spec = milter_proto::SocketSpec::parse(&args.listen)?;
+    let mut options = SocketOptions::new().mode(args.socket_mode);
+    options.owner = args.socket_owner.clone();
+    options.group = args.socket_group.clone();
+    let listener = Listener::bind_with(&spec, &options).await?;
+    Server::new(factory).serve(listener, shutdown).await?;
+    Ok(())
+}

@@ -591,8 +591,8 @@ pub(crate) async fn run<M: Milter, T: Transport>(
         r = serve(&mut conn, &mut io, graceful) => r,
     };
     match &result {
-        Ok(()) => {}
-        Err(SessionError::Closed) => {
+        Ok(Ended::Quit) => {}
+        Ok(Ended::Shutdown) | Err(SessionError::Closed) => {
             conn.lost().await;
         }
         Err(e) => {
@@ -604,16 +604,24 @@ pub(crate) async fn run<M: Milter, T: Transport>(
     }
     let _ = io.shutdown().await;
     match result {
-        Err(SessionError::Closed) => Ok(()),
-        other => other,
+        Ok(_) | Err(SessionError::Closed) => Ok(()),
+        Err(e) => Err(e),
     }
+}
+
+/// How a session ended without error.
+enum Ended {
+    /// The MTA sent QUIT.
+    Quit,
+    /// The server is shutting down and the session was idle.
+    Shutdown,
 }
 
 async fn serve<M: Milter, T: Transport>(
     conn: &mut Conn<'_, M>,
     io: &mut T,
     graceful: &CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<Ended, SessionError> {
     let config = conn.config;
     let mut decoder = FrameDecoder::new(config.max_inbound_frame);
     let mut buf = BytesMut::new();
@@ -626,7 +634,7 @@ async fn serve<M: Milter, T: Transport>(
                 Flow::Continue => {}
                 Flow::Quit => {
                     flush(conn, io).await?;
-                    return Ok(());
+                    return Ok(Ended::Quit);
                 }
             }
         }
@@ -634,7 +642,7 @@ async fn serve<M: Milter, T: Transport>(
         let idle = !conn.session.in_message() && conn.session.pending_reply().is_none();
         if idle && graceful.is_cancelled() {
             debug!(conn = conn.id, "closing idle session for shutdown");
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
             buf = BytesMut::new();
@@ -658,7 +666,7 @@ async fn serve<M: Milter, T: Transport>(
         };
         if n == 0 {
             return if buf.is_empty() && conn.session.is_closed() {
-                Ok(())
+                Ok(Ended::Quit)
             } else if buf.is_empty() {
                 Err(SessionError::Closed)
             } else {
