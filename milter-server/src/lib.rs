@@ -88,4 +88,9 @@ pub use error::{Error, SessionError};
 pub use listener::{Listener, SocketOptions};
 pub use milter::{BoxError, Milter, Options, Stages, Status};
 pub use milter_proto;
+
+/// The workspace README's examples, compiled as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use server::Server;
