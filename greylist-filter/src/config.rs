@@ -358,6 +358,9 @@ pub struct WhitelistConfig {
     pub sender_files: Vec<PathBuf>,
     /// Files of recipient addresses or domains.
     pub recipient_files: Vec<PathBuf>,
+    /// How often the daemon checks the files above for changes (modification time).
+    /// Default `"5s"`.
+    pub file_check_interval: Seconds,
 }
 
 impl Default for WhitelistConfig {
@@ -378,6 +381,7 @@ impl Default for WhitelistConfig {
             host_files: Vec::new(),
             sender_files: Vec::new(),
             recipient_files: Vec::new(),
+            file_check_interval: Seconds(5),
         }
     }
 }
@@ -386,8 +390,10 @@ impl Default for WhitelistConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The redb file. Default `/var/lib/greylist-filter/greylist.redb`.
-    pub path: PathBuf,
+    /// The redb file; a relative path is relative to the configuration file's
+    /// directory. Default: `greylist.redb` in the working directory (see
+    /// [`DEFAULT_STORE`]); `--store` overrides it.
+    pub path: Option<PathBuf>,
     /// How often the expiry sweep runs. Default `"1m"`.
     pub expire_interval: Seconds,
     /// Records deleted per sweep step. Default 1000.
@@ -397,18 +403,27 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            path: PathBuf::from("/var/lib/greylist-filter/greylist.redb"),
+            path: None,
             expire_interval: Seconds(60),
             expire_batch: 1000,
         }
     }
 }
 
+/// The store file used when neither `[store] path` nor `--store` is given (relative to
+/// the working directory).
+pub const DEFAULT_STORE: &str = "greylist.redb";
+
+/// The milter socket used when neither `[milter] socket` nor `--listen` is given.
+pub const DEFAULT_SOCKET: &str = "inet:7357@127.0.0.1";
+
 /// `[milter]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MilterConfig {
-    /// Listen socket in libmilter syntax. Default `unix:/run/greylist-filter/milter.sock`.
+    /// Listen socket in libmilter syntax. Default [`DEFAULT_SOCKET`],
+    /// `inet:7357@127.0.0.1`; packaged installs use
+    /// `unix:/run/greylist-filter/milter.sock`.
     pub socket: String,
     /// Unix socket permissions, octal string. Default `"660"`.
     pub socket_mode: String,
@@ -419,7 +434,7 @@ pub struct MilterConfig {
 impl Default for MilterConfig {
     fn default() -> Self {
         MilterConfig {
-            socket: "unix:/run/greylist-filter/milter.sock".into(),
+            socket: DEFAULT_SOCKET.into(),
             socket_mode: "660".into(),
             socket_owner: None,
         }
@@ -441,6 +456,9 @@ impl MilterConfig {
 pub struct AdminConfig {
     /// Loopback address and port for metrics and explain; off if unset.
     pub listen: Option<SocketAddr>,
+    /// Allow `listen` on a non-loopback address. The admin interface has no
+    /// authentication: only set this behind a firewall. Default false.
+    pub allow_non_loopback: bool,
 }
 
 impl Config {
@@ -711,16 +729,27 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
     }
     if let Some(a) = c.admin.listen
         && !is_loopback(a.ip())
+        && !c.admin.allow_non_loopback
     {
         err(
             "admin",
             "listen",
-            format!("admin listener {a} must be on a loopback address"),
+            format!(
+                "admin listener {a} must be on a loopback address (or set allow_non_loopback = true)"
+            ),
+        );
+    }
+    if c.whitelist.file_check_interval.0 == 0 {
+        err(
+            "whitelist",
+            "file_check_interval",
+            "file_check_interval must be at least 1s".into(),
         );
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+/// True for loopback addresses (IPv4-mapped IPv6 included).
+pub fn is_loopback(ip: IpAddr) -> bool {
     crate::tuple::canonical_ip(ip).is_loopback()
 }
 

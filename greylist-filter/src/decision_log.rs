@@ -33,9 +33,9 @@ pub fn log_decision(
         client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
         sender,
         recipient,
-        key = %key.map_or_else(String::new, ToString::to_string),
-        decision = decision.label(),
-        reason = decision.reason(),
+        key = ?key.map_or_else(String::new, ToString::to_string),
+        decision = %decision.label(),
+        reason = %decision.reason(),
         time_left = time_left(decision),
         dry_run,
         "greylist decision"

@@ -326,6 +326,41 @@ impl Engine {
         })
     }
 
+    /// The client network `ip` belongs to under the current prefix lengths.
+    pub fn network_of(&self, ip: IpAddr) -> crate::tuple::Network {
+        let s = self.settings();
+        mask(ip, s.ipv4_prefix, s.ipv6_prefix)
+    }
+
+    /// Up to `limit` tuple records of the network of `ip`.
+    pub async fn list_ip(
+        &self,
+        ip: IpAddr,
+        limit: usize,
+    ) -> Result<Vec<(Key, TupleRecord)>, StoreError> {
+        let net = self.network_of(ip).to_string();
+        self.store.list_network(&net, limit).await
+    }
+
+    /// Forgets everything about the network of `ip` (milter-greylist's `flushaddr`, on
+    /// demand); returns the network and the number of tuple records deleted.
+    pub async fn flush_ip(&self, ip: IpAddr) -> Result<(String, u64), StoreError> {
+        let net = self.network_of(ip).to_string();
+        let n = self.store.flush_network(&net).await?;
+        tracing::info!(network = %net, deleted = n, "greylist records flushed");
+        Ok((net, n))
+    }
+
+    /// The current policy parameters.
+    pub fn params(&self) -> Params {
+        self.settings().params
+    }
+
+    /// Whether dry-run (learning) mode is on.
+    pub fn dry_run(&self) -> bool {
+        self.settings().dry_run
+    }
+
     /// One incremental expiry step (at most `[store] expire_batch` records).
     pub async fn expire_step(&self) -> Result<ExpireReport, StoreError> {
         let batch = self.settings().expire_batch;

@@ -66,10 +66,14 @@
 //! (milter-greylist configuration and dump), [`engine`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decision_log;
 pub mod engine;
+pub mod filter;
 pub mod import;
 pub mod metrics;
 pub mod policy;
@@ -79,3 +83,4 @@ pub mod tuple;
 pub mod whitelist;
 
 pub use engine::{Action, Engine, Explanation, RcptContext, RcptOutcome, SmtpReply};
+pub use filter::Greylist;

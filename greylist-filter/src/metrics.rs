@@ -78,7 +78,10 @@ pub struct Metrics {
     decisions: [AtomicU64; DECISION_LABELS.len()],
     store_errors: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_micros_total: AtomicU64,
     delay_seconds_total: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -90,6 +93,12 @@ pub struct MetricsSnapshot {
     pub store_errors: u64,
     /// Store call counts per [`LATENCY_BUCKETS`] bucket, plus one for slower calls.
     pub store_latency: Vec<u64>,
+    /// Sum of all store call latencies, in microseconds.
+    pub store_latency_micros_total: u64,
+    /// Configuration (or whitelist file) reloads applied.
+    pub reloads_ok: u64,
+    /// Configuration reloads refused because the new configuration was invalid.
+    pub reloads_failed: u64,
     /// Sum of the delays (first attempt to pass) of tuples that passed, in seconds.
     pub delay_seconds_total: u64,
 }
@@ -131,6 +140,20 @@ impl Metrics {
         if let Some(c) = self.latency.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        self.latency_micros_total.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts one configuration reload, applied (`ok`) or refused.
+    pub fn record_reload(&self, ok: bool) {
+        if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A copy of all counters.
@@ -147,6 +170,9 @@ impl Metrics {
                 .iter()
                 .map(|c| c.load(Ordering::Relaxed))
                 .collect(),
+            store_latency_micros_total: self.latency_micros_total.load(Ordering::Relaxed),
+            reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             delay_seconds_total: self.delay_seconds_total.load(Ordering::Relaxed),
         }
     }
