@@ -1090,6 +1090,9 @@ struct Parser {
     /// Lines where the lexer already reported an error: follow-up parse
     /// errors there would only repeat it.
     lex_error_lines: Vec<usize>,
+    /// True after an action: expressions met after an error still belong to
+    /// that rule (they are checked, not reported as lacking an action).
+    in_rule: bool,
 }
 
 /// A named expression keeps its depth so that uses can be checked cheaply.
@@ -1118,6 +1121,7 @@ impl Parser {
             pos: 0,
             errors,
             lex_error_lines,
+            in_rule: false,
             conds: Vec::new(),
             rules: Vec::new(),
             names: HashMap::new(),
@@ -1194,8 +1198,12 @@ impl Parser {
                     RuleErrorKind::UnbalancedParentheses("`)` without `(`"),
                 )),
                 Tok::Word(_) | Tok::LParen | Tok::Dollar => {
-                    // Report once, then parse (and drop) the orphan expressions.
-                    self.report(error_at(&tok, RuleErrorKind::MissingAction));
+                    // Either the rest of a rule that had an error (already
+                    // reported), or expressions with no action at all: report
+                    // that once. Parse them to find errors inside, then drop.
+                    if !self.in_rule {
+                        self.report(error_at(&tok, RuleErrorKind::MissingAction));
+                    }
                     self.parse_orphans()
                 }
                 other => Err(error_at(&tok, RuleErrorKind::Unexpected(other.describe()))),
@@ -1258,6 +1266,7 @@ impl Parser {
     }
 
     fn parse_rule(&mut self) -> Result<(), RuleError> {
+        self.in_rule = true;
         let Some(tok) = self.next() else {
             return Ok(());
         };
@@ -1349,6 +1358,7 @@ impl Parser {
     }
 
     fn parse_define(&mut self) -> Result<(), RuleError> {
+        self.in_rule = false;
         let Some(name_tok) = self.next() else {
             return Ok(());
         };

@@ -670,6 +670,23 @@ fn all_errors_are_reported_with_their_lines() {
 }
 
 #[test]
+fn an_error_inside_a_rule_does_not_cascade_to_its_next_lines() {
+    let text = "reject \"x\"\nhelo /a/q\nbody /(/e\nbody /ok/\nrejct \"y\"\n";
+    let errs = errors(text);
+    let kinds: Vec<(usize, &RuleErrorKind)> = errs.iter().map(|e| (e.line, &e.kind)).collect();
+    assert_eq!(kinds.len(), 3, "{errs:?}");
+    assert_eq!(kinds[0], (2, &RuleErrorKind::UnknownFlag('q')));
+    assert!(matches!(kinds[1], (3, RuleErrorKind::BadRegex { .. })));
+    assert_eq!(
+        kinds[2],
+        (5, &RuleErrorKind::UnknownKeyword("rejct".into()))
+    );
+    // After a named expression, a bare condition lacks an action again.
+    let (line, _, kind) = one_error("n = helo /a/\nhelo /b/\n");
+    assert_eq!((line, kind), (2, RuleErrorKind::MissingAction));
+}
+
+#[test]
 fn hostile_input_is_rejected_without_panicking() {
     // Deep nesting.
     let deep = format!(
