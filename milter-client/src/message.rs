@@ -400,6 +400,8 @@ pub struct MessageOutcome {
     pub rejected_recipients: Vec<(String, Reply)>,
     /// When the failure policy produced this outcome: the filter failure.
     pub failure: Option<ClientError>,
+    /// The stage being run, for the failure policy.
+    in_progress: Stage,
 }
 
 impl MessageOutcome {
@@ -414,6 +416,7 @@ impl MessageOutcome {
             accepted_recipients: Vec::new(),
             rejected_recipients: Vec::new(),
             failure: None,
+            in_progress: Stage::Negotiate,
         }
     }
 
@@ -481,7 +484,7 @@ impl MessageOutcome {
         };
         self.decided_at = match &error {
             ClientError::Timeout { stage, .. } => *stage,
-            _ => self.stages.last().map_or(Stage::Negotiate, |s| s.stage),
+            _ => self.in_progress,
         };
         self.reply = None;
         self.modifications.clear();
@@ -538,6 +541,7 @@ impl Connection {
     ) -> Result<(), ClientError> {
         if let Some((host, address)) = &m.connect {
             let macros = m.macros_for(Stage::Connect, None);
+            out.in_progress = Stage::Connect;
             let reply = self
                 .connect(&as_pairs(&macros), host, address.clone())
                 .await?;
@@ -549,6 +553,7 @@ impl Connection {
         }
         if let Some(name) = &m.helo {
             let macros = m.macros_for(Stage::Helo, None);
+            out.in_progress = Stage::Helo;
             let reply = self.helo(&as_pairs(&macros), name).await?;
             out.record(Stage::Helo, name.clone(), &reply);
             if reply != Reply::Discard && out.decide(Stage::Helo, &reply) {
@@ -557,6 +562,7 @@ impl Connection {
         }
         let result = self.run_transaction(m, out).await;
         if result.is_ok() && self.config().abort_after_message {
+            out.in_progress = Stage::Abort;
             self.abort().await?;
         }
         result
@@ -570,6 +576,7 @@ impl Connection {
         let all_recipients = || m.recipients.iter().map(|(r, _)| r.clone()).collect();
         let macros = m.macros_for(Stage::Mail, None);
         let args: Vec<&str> = m.sender_args.iter().map(String::as_str).collect();
+        out.in_progress = Stage::Mail;
         let reply = self.mail(&as_pairs(&macros), &m.sender, &args).await?;
         out.record(Stage::Mail, m.sender.clone(), &reply);
         if out.decide(Stage::Mail, &reply) {
@@ -587,6 +594,7 @@ impl Connection {
             }
             let macros = m.macros_for(Stage::Rcpt, Some(rcpt));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            out.in_progress = Stage::Rcpt;
             let reply = self.rcpt(&as_pairs(&macros), rcpt, &args).await?;
             out.record(Stage::Rcpt, rcpt.clone(), &reply);
             match &reply {
@@ -623,6 +631,7 @@ impl Connection {
         }
 
         let macros = m.macros_for(Stage::Data, None);
+        out.in_progress = Stage::Data;
         let reply = self.data(&as_pairs(&macros)).await?;
         out.record(Stage::Data, "", &reply);
         if out.decide(Stage::Data, &reply) {
@@ -641,6 +650,7 @@ impl Connection {
                 raw.strip_prefix(b" ")
                     .map_or_else(|| raw.clone(), |v| raw.slice_ref(v))
             };
+            out.in_progress = Stage::Header;
             let reply = self.header(&as_pairs(&macros), name, &value).await?;
             out.record(Stage::Header, name.clone(), &reply);
             if out.decide(Stage::Header, &reply) {
@@ -649,6 +659,7 @@ impl Connection {
         }
 
         let macros = m.macros_for(Stage::EndOfHeaders, None);
+        out.in_progress = Stage::EndOfHeaders;
         let reply = self.end_of_headers(&as_pairs(&macros)).await?;
         out.record(Stage::EndOfHeaders, "", &reply);
         if out.decide(Stage::EndOfHeaders, &reply) {
@@ -657,6 +668,7 @@ impl Connection {
 
         if !m.body.is_empty() {
             let macros = m.macros_for(Stage::Body, None);
+            out.in_progress = Stage::Body;
             let reply = self.body(&as_pairs(&macros), &m.body).await?;
             out.record(Stage::Body, format!("{} bytes", m.body.len()), &reply);
             if out.decide(Stage::Body, &reply) {
@@ -665,6 +677,7 @@ impl Connection {
         }
 
         let macros = m.macros_for(Stage::EndOfMessage, None);
+        out.in_progress = Stage::EndOfMessage;
         let eom = self.end_of_message(&as_pairs(&macros)).await?;
         out.record(Stage::EndOfMessage, "", &eom.reply);
         out.modifications = eom.modifications;

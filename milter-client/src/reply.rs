@@ -241,7 +241,7 @@ impl fmt::Display for Reply {
             Reply::Tempfail => f.write_str("tempfail"),
             Reply::Discard => f.write_str("discard"),
             Reply::Skip => f.write_str("skip"),
-            Reply::Code(r) => write!(f, "reply \"{}\"", text(r.as_bytes())),
+            Reply::Code(r) => write!(f, "reply {}", quoted(r.as_bytes())),
             Reply::Shutdown => f.write_str("shutdown (421)"),
             Reply::NotSent => f.write_str("not sent"),
             Reply::NoReply => f.write_str("sent, no reply expected"),
@@ -352,18 +352,29 @@ pub(crate) fn text(b: &[u8]) -> String {
     s.replace('\r', "\\r").replace('\n', "\\n")
 }
 
+/// Bytes quoted like a Rust string literal (exact: leading spaces and line
+/// breaks visible).
+fn quoted(b: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(b))
+}
+
 impl fmt::Display for Modification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let args = |a: &Option<Bytes>| match a {
-            Some(a) => format!(" {}", text(a)),
+            Some(a) => format!(" args {}", quoted(a)),
             None => String::new(),
         };
         match self {
             Modification::AddHeader { name, value } => {
-                write!(f, "add header {}:{}", text(name), text(value))
+                write!(f, "add header {}: {}", text(name), quoted(value))
             }
             Modification::InsertHeader { index, name, value } => {
-                write!(f, "insert header at {index} {}:{}", text(name), text(value))
+                write!(
+                    f,
+                    "insert header at {index} {}: {}",
+                    text(name),
+                    quoted(value)
+                )
             }
             Modification::ChangeHeader { index, name, value } if value.is_empty() => {
                 write!(f, "delete header {} #{index}", text(name))
@@ -371,9 +382,9 @@ impl fmt::Display for Modification {
             Modification::ChangeHeader { index, name, value } => {
                 write!(
                     f,
-                    "change header {} #{index} to:{}",
+                    "change header {} #{index} to {}",
                     text(name),
-                    text(value)
+                    quoted(value)
                 )
             }
             Modification::ChangeFrom { address, args: a } => {
@@ -389,7 +400,7 @@ impl fmt::Display for Modification {
             Modification::ReplaceBody(body) => {
                 write!(f, "replace body ({} bytes)", body.len())
             }
-            Modification::Quarantine { reason } => write!(f, "quarantine: {}", text(reason)),
+            Modification::Quarantine { reason } => write!(f, "quarantine {}", quoted(reason)),
         }
     }
 }
@@ -415,5 +426,52 @@ impl EomOutcome {
             reply: Reply::NotSent,
             progress_count: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_round_trip_through_their_codes() {
+        for c in b"OCHMRTLNBEUAQKD" {
+            let stage = Stage::from_code(*c);
+            assert_eq!(stage.code(), Some(*c), "{stage}");
+        }
+        assert_eq!(Stage::from_code(b'X'), Stage::Raw);
+        assert_eq!(Stage::parse_macro_stage("EOM"), Some(Stage::EndOfMessage));
+        assert_eq!(Stage::parse_macro_stage("nowhere"), None);
+    }
+
+    #[test]
+    fn replies_map_and_classify() {
+        let r = Reply::from_response(&Response::ReplyCode(Bytes::from_static(b"421 4.7.0 bye")))
+            .unwrap()
+            .unwrap();
+        assert!(r.is_tempfail() && !r.is_reject() && !r.is_continue());
+        assert!(
+            Reply::from_response(&Response::ReplyCode(Bytes::from_static(b"250 ok")))
+                .unwrap()
+                .is_err()
+        );
+        assert!(Reply::from_response(&Response::Progress).is_none());
+        assert!(Reply::Reject.is_reject());
+        assert!(Reply::NoReply.is_continue());
+        assert_eq!(r.to_string(), "reply \"421 4.7.0 bye\"");
+    }
+
+    #[test]
+    fn modifications_display_exactly() {
+        let m = Modification::AddHeader {
+            name: Bytes::from_static(b"X-A"),
+            value: Bytes::from_static(b" two\n\tlines"),
+        };
+        assert_eq!(m.to_string(), "add header X-A: \" two\\n\\tlines\"");
+        let m = Modification::ChangeFrom {
+            address: Bytes::from_static(b"<a@x>"),
+            args: Some(Bytes::from_static(b"RET=FULL")),
+        };
+        assert_eq!(m.to_string(), "change sender to <a@x> args \"RET=FULL\"");
     }
 }
