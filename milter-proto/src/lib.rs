@@ -128,7 +128,7 @@ pub use frame::{Frame, FrameDecoder};
 pub use macros::MacroStore;
 pub use negotiate::{
     Actions, Agreed, FilterOptions, MacroStage, OptNeg, OptNegReply, ProtocolFlags, check_reply,
-    negotiate,
+    check_response, negotiate,
 };
 pub use reply::SmtpReply;
 pub use response::Response;

@@ -369,7 +369,8 @@ pub fn negotiate(offer: &OptNeg, wanted: &FilterOptions) -> Result<Agreed, Negot
     let protocol = wanted_protocol & offered_protocol;
     let fake_no_reply = (wanted_protocol & ProtocolFlags::ALL_NR) - offered_protocol;
 
-    let max_data_size = mds_size(offered_protocol).min(wanted.max_data_size.max(MAX_DATA_SIZE_64K));
+    // Only the three MDS sizes can be expressed on the wire: snap down.
+    let max_data_size = mds_size(offered_protocol).min(snap_mds(wanted.max_data_size));
     let mds_bit = if max_data_size >= MAX_DATA_SIZE_1M {
         ProtocolFlags::MDS_1M
     } else if max_data_size >= MAX_DATA_SIZE_256K {
@@ -410,6 +411,20 @@ pub fn negotiate(offer: &OptNeg, wanted: &FilterOptions) -> Result<Agreed, Negot
 /// does (version not above the offer, actions and protocol within it) and
 /// returns the options in force.
 pub fn check_reply(offer: &OptNeg, reply: &OptNegReply) -> Result<Agreed, NegotiationError> {
+    // An offer of 0 means the version 1 sets, as in `negotiate`.
+    let offer = &OptNeg {
+        version: offer.version,
+        actions: if offer.actions.is_empty() {
+            Actions::V1
+        } else {
+            offer.actions
+        },
+        protocol: if offer.protocol.is_empty() {
+            ProtocolFlags::V1
+        } else {
+            offer.protocol
+        },
+    };
     if reply.version > offer.version {
         return Err(NegotiationError::VersionAboveOffer {
             replied: reply.version,
@@ -452,6 +467,17 @@ pub fn check_reply(offer: &OptNeg, reply: &OptNegReply) -> Result<Agreed, Negoti
     })
 }
 
+/// The largest MDS size not above `size` (64K at least).
+fn snap_mds(size: usize) -> usize {
+    if size >= MAX_DATA_SIZE_1M {
+        MAX_DATA_SIZE_1M
+    } else if size >= MAX_DATA_SIZE_256K {
+        MAX_DATA_SIZE_256K
+    } else {
+        MAX_DATA_SIZE_64K
+    }
+}
+
 /// The payload limit an MDS bit stands for (64K without one).
 fn mds_size(protocol: ProtocolFlags) -> usize {
     if protocol.contains(ProtocolFlags::MDS_1M) {
@@ -460,5 +486,17 @@ fn mds_size(protocol: ProtocolFlags) -> usize {
         MAX_DATA_SIZE_256K
     } else {
         MAX_DATA_SIZE_64K
+    }
+}
+
+/// As [`check_reply`], for any response: anything but an option
+/// negotiation reply is [`NegotiationError::NotOptNeg`].
+pub fn check_response(
+    offer: &OptNeg,
+    response: &crate::Response,
+) -> Result<Agreed, NegotiationError> {
+    match response {
+        crate::Response::OptNeg(reply) => check_reply(offer, reply),
+        other => Err(NegotiationError::NotOptNeg(char::from(other.code()))),
     }
 }

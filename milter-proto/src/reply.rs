@@ -32,7 +32,9 @@ pub struct SmtpReply {
 }
 
 impl SmtpReply {
-    /// A one-line reply. Without an enhanced code the line is `code text`.
+    /// A one-line reply. Without an enhanced code the line is `code text`
+    /// (`code x.0.0 text` if the text starts with a digit, which MTAs would
+    /// otherwise read as an enhanced code).
     pub fn new(code: u16, enhanced: Option<&str>, text: &str) -> Result<Self, ReplyError> {
         Self::build(code, enhanced, &[text], false)
     }
@@ -73,7 +75,13 @@ impl SmtpReply {
             return Err(ReplyError::TooManyLines(lines.len()));
         }
         let default_enhanced = if class == b'5' { "5.0.0" } else { "4.0.0" };
-        let enhanced = match (enhanced, multiline) {
+        // Postfix reads a digit after the code as an enhanced status code:
+        // text that starts with one gets the class default in front.
+        let text_starts_with_digit = lines
+            .first()
+            .and_then(|l| l.as_ref().bytes().next())
+            .is_some_and(|b| b.is_ascii_digit());
+        let enhanced = match (enhanced, multiline || text_starts_with_digit) {
             (Some(x), _) => Some(x),
             (None, true) => Some(default_enhanced),
             (None, false) => None,
@@ -149,7 +157,7 @@ impl SmtpReply {
                 _ => code = Some(this_code),
             }
             match (line.get(3), last) {
-                (Some(b' '), true) | (Some(b'-'), false) | (None, true) => {}
+                (Some(b' '), true) | (Some(b'-'), false) => {}
                 _ => return Err(ReplyError::Malformed("bad separator after the code")),
             }
             if let Some(d) = line.get(4)

@@ -207,15 +207,14 @@ impl Session {
         }
     }
 
-    /// Makes sure a connection is open; with `NO_CONNECT` negotiated the MTA
-    /// never sends CONNECT, so the first stage command opens it.
-    fn require_connection(&mut self, code: u8) -> Result<Option<MessageStage>, ProtocolError> {
+    /// Checks that a connection is open and returns the open message's
+    /// stage; with `NO_CONNECT` negotiated the MTA never sends CONNECT, so
+    /// the first stage command opens it. Changes nothing: every caller sets
+    /// the new phase once the command is known to be legal.
+    fn require_connection(&self, code: u8) -> Result<Option<MessageStage>, ProtocolError> {
         match self.phase {
             Phase::Connected { message } => Ok(message),
-            Phase::AwaitConnect if self.protocol.contains(ProtocolFlags::NO_CONNECT) => {
-                self.phase = Phase::Connected { message: None };
-                Ok(None)
-            }
+            Phase::AwaitConnect if self.protocol.contains(ProtocolFlags::NO_CONNECT) => Ok(None),
             Phase::AwaitConnect => Err(Self::out_of_order(code, "before CONNECT")),
             Phase::Negotiate => Err(Self::out_of_order(code, "before option negotiation")),
             Phase::Closed => Err(ProtocolError::Closed),

@@ -487,10 +487,11 @@ fn negotiation_error_protocol_not_offered() {
 }
 
 #[test]
-#[ignore = "gap: NegotiationError::NotOptNeg is never constructed by milter-proto (check_reply takes an OptNegReply, so it cannot see another response)"]
 fn negotiation_error_not_optneg() {
-    // There is no public function that returns NotOptNeg; this documents the gap.
-    panic!("no API produces NegotiationError::NotOptNeg");
+    assert_eq!(
+        milter_proto::check_response(&OptNeg::POSTFIX, &Response::Continue),
+        Err(NegotiationError::NotOptNeg('c'))
+    );
 }
 
 // ------------------------------------------------------------ EncodeError
