@@ -883,6 +883,20 @@ fn same_macro(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn is_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn connections_and_their_futures_are_send() {
+        // Type-checked only: the closure is never called.
+        let _ = |mut conn: Connection, m: crate::Message, client: Client| {
+            is_send(&conn);
+            is_send(&client.connect("unix:/x"));
+            is_send(&client.check_message("unix:/x", &m));
+            is_send(&conn.end_of_message(&[]));
+            is_send(&conn.send_message(&m));
+        };
+    }
+
     #[test]
     fn macro_aliasing() {
         assert!(same_macro("{i}", "i"));

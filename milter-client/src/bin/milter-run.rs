@@ -39,7 +39,7 @@ struct Args {
     /// The SMTP client's port.
     #[arg(long, default_value_t = 0)]
     client_port: u16,
-    /// The SMTP client's host name (Postfix sends "[IP]" when unknown).
+    /// The SMTP client's host name (Postfix sends `[IP]` when unknown).
     #[arg(long)]
     client_name: Option<String>,
     /// The HELO name (default: the client name).
