@@ -148,13 +148,25 @@ impl std::fmt::Display for Failure {
 }
 
 /// Runs a callback with the configured timeout, catching panics.
+///
+/// Most callbacks finish on their first poll (they decide from what they
+/// were given), so the future is polled once before a timer is armed: the
+/// timer wheel is only touched by callbacks that really wait.
 async fn guarded<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, BoxError>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
-        Err(_) => Err(Failure::Timeout(limit)),
-        Ok(Err(panic)) => {
+    let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    let outcome = match first {
+        Poll::Ready(outcome) => outcome,
+        Poll::Pending => match tokio::time::timeout(limit, fut).await {
+            Err(_) => return Err(Failure::Timeout(limit)),
+            Ok(outcome) => outcome,
+        },
+    };
+    match outcome {
+        Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_string())
@@ -162,8 +174,8 @@ async fn guarded<T>(
                 .unwrap_or_else(|| "non-string panic payload".to_string());
             Err(Failure::Panic(msg))
         }
-        Ok(Ok(Err(e))) => Err(Failure::Error(e)),
-        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Error(e)),
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
@@ -625,6 +637,9 @@ async fn serve<M: Milter, T: Transport>(
     let config = conn.config;
     let mut decoder = FrameDecoder::new(config.max_inbound_frame);
     let mut buf = BytesMut::new();
+    // One idle timer for the whole session, re-armed before each wait.
+    let idle_timer = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle_timer);
     loop {
         // Every whole frame in the buffer, then one write for all replies.
         while let Some(frame) = decoder.decode(&mut buf)? {
@@ -656,13 +671,14 @@ async fn serve<M: Milter, T: Transport>(
             }
             io.read_buf(&mut buf).await
         };
+        idle_timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + config.idle_timeout);
         let n = tokio::select! {
             biased;
+            r = wait => r?,
             () = graceful.cancelled(), if idle => continue,
-            r = tokio::time::timeout(config.idle_timeout, wait) => match r {
-                Err(_) => return Err(SessionError::IdleTimeout(config.idle_timeout)),
-                Ok(r) => r?,
-            },
+            () = idle_timer.as_mut() => return Err(SessionError::IdleTimeout(config.idle_timeout)),
         };
         if n == 0 {
             return if buf.is_empty() && conn.session.is_closed() {
