@@ -21,7 +21,7 @@ use milter_proto::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::config::{Config, FailurePolicy};
 use crate::context::{Context, EomContext};
@@ -192,6 +192,10 @@ struct Conn<'c, M: Milter> {
     /// The filter's stages and no-reply stages as negotiated.
     options: Options,
     message: Option<M::Message>,
+    /// The span of the message in progress; its `queue_id` is filled in
+    /// when the MTA's `i` macro arrives.
+    message_span: Span,
+    queue_id_known: bool,
     out: BytesMut,
     body: BytesMut,
 }
@@ -381,6 +385,14 @@ impl<M: Milter> Conn<'_, M> {
             }
             Command::Macro(m) => {
                 self.macros.set(m);
+                if !self.queue_id_known
+                    && !self.message_span.is_disabled()
+                    && let Some(id) = self.macros.get("i")
+                {
+                    self.message_span
+                        .record("queue_id", String::from_utf8_lossy(&id).as_ref());
+                    self.queue_id_known = true;
+                }
                 None
             }
             Command::Connect(c) => {
@@ -594,6 +606,8 @@ pub(crate) async fn run<M: Milter, T: Transport>(
         fake_no_reply: ProtocolFlags::empty(),
         options: Options::default(),
         message: None,
+        message_span: Span::none(),
+        queue_id_known: false,
         out: BytesMut::new(),
         body: BytesMut::new(),
     };
@@ -644,8 +658,17 @@ async fn serve<M: Milter, T: Transport>(
         // Every whole frame in the buffer, then one write for all replies.
         while let Some(frame) = decoder.decode(&mut buf)? {
             let command = Command::decode(&frame)?;
+            if matches!(command, Command::Mail(_)) {
+                conn.message_span = info_span!("message", queue_id = tracing::field::Empty);
+                conn.queue_id_known = false;
+            }
             debug!(conn = conn.id, command = %char::from(frame.code), len = frame.payload.len(), "received");
-            match conn.handle(command, io).await? {
+            let span = conn.message_span.clone();
+            let flow = conn.handle(command, io).instrument(span).await?;
+            if !conn.session.in_message() {
+                conn.message_span = Span::none();
+            }
+            match flow {
                 Flow::Continue => {}
                 Flow::Quit => {
                     flush(conn, io).await?;
