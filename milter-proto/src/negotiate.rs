@@ -50,6 +50,23 @@ bitflags! {
 }
 
 impl Actions {
+    /// The libmilter name of a single action flag (`SMFIF_ADDHDRS`, ...);
+    /// `None` for a combination or an unknown bit.
+    pub fn libmilter_name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::ADD_HEADERS => "SMFIF_ADDHDRS",
+            Self::CHANGE_BODY => "SMFIF_CHGBODY",
+            Self::ADD_RCPT => "SMFIF_ADDRCPT",
+            Self::DELETE_RCPT => "SMFIF_DELRCPT",
+            Self::CHANGE_HEADERS => "SMFIF_CHGHDRS",
+            Self::QUARANTINE => "SMFIF_QUARANTINE",
+            Self::CHANGE_FROM => "SMFIF_CHGFROM",
+            Self::ADD_RCPT_PAR => "SMFIF_ADDRCPT_PAR",
+            Self::SET_SYMLIST => "SMFIF_SETSYMLIST",
+            _ => return None,
+        })
+    }
+
     /// Version 1 actions (`SMFI_V1_ACTS`); an MTA offering 0 means these.
     #[doc(alias = "SMFI_V1_ACTS")]
     pub const V1: Self = Self::from_bits_retain(0x0F);
@@ -137,6 +154,24 @@ bitflags! {
 }
 
 impl ProtocolFlags {
+    /// The no-reply bit of a reply-bearing command byte (`SMFIP_NR_*`);
+    /// `None` for commands without one (OPTNEG, MACRO, BODYEOB, ABORT, ...).
+    pub fn no_reply_bit(command: u8) -> Option<Self> {
+        use crate::command::code;
+        Some(match command {
+            code::CONNECT => Self::NR_CONNECT,
+            code::HELO => Self::NR_HELO,
+            code::MAIL => Self::NR_MAIL,
+            code::RCPT => Self::NR_RCPT,
+            code::DATA => Self::NR_DATA,
+            code::HEADER => Self::NR_HEADER,
+            code::EOH => Self::NR_EOH,
+            code::BODY => Self::NR_BODY,
+            code::UNKNOWN => Self::NR_UNKNOWN,
+            _ => return None,
+        })
+    }
+
     /// Version 1 protocol flags (`SMFI_V1_PROT`); an MTA offering 0 means these.
     #[doc(alias = "SMFI_V1_PROT")]
     pub const V1: Self = Self::from_bits_retain(0x3F);

@@ -184,20 +184,12 @@ impl Session {
     /// Whether a reply-bearing command expects a reply under the negotiated
     /// no-reply bits.
     pub fn expects_reply(&self, code: u8) -> bool {
-        let nr = match code {
-            cmd::CONNECT => ProtocolFlags::NR_CONNECT,
-            cmd::HELO => ProtocolFlags::NR_HELO,
-            cmd::MAIL => ProtocolFlags::NR_MAIL,
-            cmd::RCPT => ProtocolFlags::NR_RCPT,
-            cmd::DATA => ProtocolFlags::NR_DATA,
-            cmd::HEADER => ProtocolFlags::NR_HEADER,
-            cmd::EOH => ProtocolFlags::NR_EOH,
-            cmd::BODY => ProtocolFlags::NR_BODY,
-            cmd::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
-            cmd::BODYEOB | cmd::OPTNEG => return true,
-            _ => return false,
-        };
-        !self.protocol.contains(nr)
+        match code {
+            cmd::BODYEOB | cmd::OPTNEG => true,
+            other => {
+                ProtocolFlags::no_reply_bit(other).is_some_and(|nr| !self.protocol.contains(nr))
+            }
+        }
     }
 
     fn out_of_order(code: u8, state: &'static str) -> ProtocolError {
@@ -380,7 +372,7 @@ impl Session {
             if !self.actions.contains(action) {
                 return Err(ProtocolError::ActionNotNegotiated {
                     response: char::from(code),
-                    action: action_name(action),
+                    action: action.libmilter_name().unwrap_or("SMFIF_*"),
                 });
             }
             return Ok(not_final);
@@ -405,19 +397,5 @@ impl Session {
             is_final: true,
             message_ended: ends || pending == cmd::BODYEOB,
         })
-    }
-}
-
-fn action_name(action: Actions) -> &'static str {
-    match action {
-        Actions::ADD_HEADERS => "SMFIF_ADDHDRS",
-        Actions::CHANGE_BODY => "SMFIF_CHGBODY",
-        Actions::ADD_RCPT => "SMFIF_ADDRCPT",
-        Actions::DELETE_RCPT => "SMFIF_DELRCPT",
-        Actions::CHANGE_HEADERS => "SMFIF_CHGHDRS",
-        Actions::QUARANTINE => "SMFIF_QUARANTINE",
-        Actions::CHANGE_FROM => "SMFIF_CHGFROM",
-        Actions::ADD_RCPT_PAR => "SMFIF_ADDRCPT_PAR",
-        _ => "SMFIF_SETSYMLIST",
     }
 }

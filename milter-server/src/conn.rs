@@ -179,14 +179,32 @@ async fn guarded<T>(
     }
 }
 
+/// What callbacks can see, kept apart from the filter so that a
+/// [`Context`] can borrow it while the filter is borrowed mutably.
+struct View {
+    id: u64,
+    macros: MacroStore,
+    client: Option<Connect>,
+    agreed: Agreed,
+}
+
+impl View {
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            id: self.id,
+            macros: &self.macros,
+            client: self.client.as_ref(),
+            agreed: &self.agreed,
+        }
+    }
+}
+
 struct Conn<'c, M: Milter> {
     milter: M,
     id: u64,
     config: &'c Config,
     session: Session,
-    macros: MacroStore,
-    client: Option<Connect>,
-    agreed: Agreed,
+    view: View,
     /// No-reply bits the filter wanted but the MTA does not know: answer CONTINUE.
     fake_no_reply: ProtocolFlags,
     /// The filter's stages and no-reply stages as negotiated.
@@ -274,36 +292,22 @@ fn stage_of(code: u8) -> Stages {
     }
 }
 
-fn nr_bit(code: u8) -> ProtocolFlags {
-    match code {
-        cmd::CONNECT => ProtocolFlags::NR_CONNECT,
-        cmd::HELO => ProtocolFlags::NR_HELO,
-        cmd::MAIL => ProtocolFlags::NR_MAIL,
-        cmd::RCPT => ProtocolFlags::NR_RCPT,
-        cmd::DATA => ProtocolFlags::NR_DATA,
-        cmd::HEADER => ProtocolFlags::NR_HEADER,
-        cmd::EOH => ProtocolFlags::NR_EOH,
-        cmd::BODY => ProtocolFlags::NR_BODY,
-        cmd::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
-        _ => ProtocolFlags::empty(),
-    }
+/// The failure policy's answer to a failed callback, logged once.
+fn failed(config: &Config, id: u64, stage: &'static str, failure: Failure) -> Status {
+    let status = match config.failure_policy {
+        FailurePolicy::Tempfail => Status::Tempfail,
+        FailurePolicy::Reject => Status::Reject,
+        FailurePolicy::Continue => Status::Continue,
+        FailurePolicy::Accept => Status::Accept,
+        FailurePolicy::Reply(ref r) => Status::Reply(r.clone()),
+    };
+    warn!(conn = id, stage, reply = ?status, "milter callback {failure}; answering with the failure policy");
+    status
 }
 
 impl<M: Milter> Conn<'_, M> {
-    fn policy_status(&self) -> Status {
-        match self.config.failure_policy {
-            FailurePolicy::Tempfail => Status::Tempfail,
-            FailurePolicy::Reject => Status::Reject,
-            FailurePolicy::Continue => Status::Continue,
-            FailurePolicy::Accept => Status::Accept,
-            FailurePolicy::Reply(ref r) => Status::Reply(r.clone()),
-        }
-    }
-
     fn failed(&self, stage: &'static str, failure: Failure) -> Status {
-        let status = self.policy_status();
-        warn!(conn = self.id, stage, reply = ?status, "milter callback {failure}; answering with the failure policy");
-        status
+        failed(self.config, self.id, stage, failure)
     }
 
     fn status_to_response(&self, status: Status, at_eom: bool) -> Response {
@@ -313,7 +317,7 @@ impl<M: Milter> Conn<'_, M> {
             Status::Reject => Response::Reject,
             Status::Tempfail => Response::Tempfail,
             Status::Discard => Response::Discard,
-            Status::Skip if at_eom || !self.agreed.protocol.contains(ProtocolFlags::SKIP) => {
+            Status::Skip if at_eom || !self.view.agreed.protocol.contains(ProtocolFlags::SKIP) => {
                 Response::Continue
             }
             Status::Skip => Response::Skip,
@@ -323,7 +327,7 @@ impl<M: Milter> Conn<'_, M> {
 
     fn reply(&mut self, response: &Response) -> Result<(), SessionError> {
         let effect = self.session.on_response(response)?;
-        response.encode(&mut self.out, self.agreed.max_data_size)?;
+        response.encode(&mut self.out, self.view.agreed.max_data_size)?;
         if effect.message_ended {
             self.message = None;
         }
@@ -346,8 +350,8 @@ impl<M: Milter> Conn<'_, M> {
         self.fake_no_reply = agreed.fake_no_reply;
         self.options = options;
         let reply = Response::OptNeg(agreed.reply.clone());
-        self.agreed = agreed;
-        debug!(conn = self.id, version = self.agreed.version, actions = ?self.agreed.actions, protocol = ?self.agreed.protocol, "negotiated");
+        self.view.agreed = agreed;
+        debug!(conn = self.id, version = self.view.agreed.version, actions = ?self.view.agreed.actions, protocol = ?self.view.agreed.protocol, "negotiated");
         self.reply(&reply)
     }
 
@@ -359,17 +363,12 @@ impl<M: Milter> Conn<'_, M> {
     ) -> Result<Flow, SessionError> {
         let code = command.code();
         let effect = self.session.on_command(&command)?;
-        self.macros.on_command(code);
+        self.view.macros.on_command(code);
         let limit = self.config.callback_timeout;
         if effect.aborted
             && let Some(msg) = self.message.take()
         {
-            let ctx = Context {
-                id: self.id,
-                macros: &self.macros,
-                client: self.client.as_ref(),
-                agreed: &self.agreed,
-            };
+            let ctx = self.view.ctx();
             if let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await {
                 warn!(conn = self.id, "abort callback {failure}");
             }
@@ -384,10 +383,10 @@ impl<M: Milter> Conn<'_, M> {
                 return Ok(Flow::Continue);
             }
             Command::Macro(m) => {
-                self.macros.set(m);
+                self.view.macros.set(m);
                 if !self.queue_id_known
                     && !self.message_span.is_disabled()
-                    && let Some(id) = self.macros.get("i")
+                    && let Some(id) = self.view.macros.get("i")
                 {
                     self.message_span
                         .record("queue_id", String::from_utf8_lossy(&id).as_ref());
@@ -396,13 +395,8 @@ impl<M: Milter> Conn<'_, M> {
                 None
             }
             Command::Connect(c) => {
-                self.client = Some(c);
-                let ctx = Context {
-                    id: self.id,
-                    macros: &self.macros,
-                    client: self.client.as_ref(),
-                    agreed: &self.agreed,
-                };
+                self.view.client = Some(c);
+                let ctx = self.view.ctx();
                 match (wants_callback, ctx.client) {
                     (true, Some(client)) => Some(
                         guarded(limit, self.milter.connect(&ctx, client))
@@ -413,16 +407,11 @@ impl<M: Milter> Conn<'_, M> {
                 }
             }
             Command::Quit | Command::QuitNc => {
-                let ctx = Context {
-                    id: self.id,
-                    macros: &self.macros,
-                    client: self.client.as_ref(),
-                    agreed: &self.agreed,
-                };
+                let ctx = self.view.ctx();
                 if let Err(failure) = guarded(limit, self.milter.close(&ctx)).await {
                     warn!(conn = self.id, "close callback {failure}");
                 }
-                self.client = None;
+                self.view.client = None;
                 self.message = None;
                 return Ok(if effect.quit {
                     Flow::Quit
@@ -445,7 +434,9 @@ impl<M: Milter> Conn<'_, M> {
         };
         match (effect.expect, status) {
             (Expect::Reply, Some(status)) => {
-                let response = if self.fake_no_reply.contains(nr_bit(code)) {
+                let response = if ProtocolFlags::no_reply_bit(code)
+                    .is_some_and(|nr| self.fake_no_reply.contains(nr))
+                {
                     if status != Status::Continue {
                         warn!(conn = self.id, command = %char::from(code), ?status, "decision of a no-reply stage dropped");
                     }
@@ -466,12 +457,7 @@ impl<M: Milter> Conn<'_, M> {
     /// Runs the callback of a stage command other than CONNECT and EOM.
     async fn stage_callback(&mut self, command: Command) -> Status {
         let limit = self.config.callback_timeout;
-        let ctx = Context {
-            id: self.id,
-            macros: &self.macros,
-            client: self.client.as_ref(),
-            agreed: &self.agreed,
-        };
+        let ctx = self.view.ctx();
         let milter = &mut self.milter;
         let result = match (&command, self.message.as_mut()) {
             (Command::Helo(name), _) => ("helo", guarded(limit, milter.helo(&ctx, name)).await),
@@ -514,35 +500,21 @@ impl<M: Milter> Conn<'_, M> {
         let limit = self.config.callback_timeout;
         let msg = self.message.get_or_insert_with(M::Message::default);
         if !chunk.is_empty() && self.options.stages.contains(Stages::BODY) {
-            let ctx = Context {
-                id: self.id,
-                macros: &self.macros,
-                client: self.client.as_ref(),
-                agreed: &self.agreed,
-            };
+            let ctx = self.view.ctx();
             // libmilter would send the body decision and then the EOM one
             // (two replies to one command); a decision here is final instead.
             match guarded(limit, self.milter.body(&ctx, msg, &chunk)).await {
                 Ok(Status::Continue) | Ok(Status::Skip) => {}
                 Ok(status) => return Ok(status),
-                Err(failure) => {
-                    let status = self.policy_status();
-                    warn!(conn = self.id, stage = "body", reply = ?status, "milter callback {failure}; answering with the failure policy");
-                    return Ok(status);
-                }
+                Err(failure) => return Ok(failed(self.config, self.id, "body", failure)),
             }
         }
         let mut eom = EomContext {
-            ctx: Context {
-                id: self.id,
-                macros: &self.macros,
-                client: self.client.as_ref(),
-                agreed: &self.agreed,
-            },
+            ctx: self.view.ctx(),
             out: &mut self.out,
             body: &mut self.body,
             io,
-            max_payload: self.agreed.max_data_size,
+            max_payload: self.view.agreed.max_data_size,
             body_replaced: false,
             modifications: 0,
         };
@@ -551,10 +523,8 @@ impl<M: Milter> Conn<'_, M> {
             Ok(status) => status,
             Err(failure) => {
                 // Modifications of a failed callback are not sent.
-                let status = self.policy_status();
-                warn!(conn = self.id, stage = "eom", reply = ?status, "milter callback {failure}; answering with the failure policy");
                 self.body.clear();
-                status
+                failed(self.config, self.id, "eom", failure)
             }
         })
     }
@@ -563,12 +533,7 @@ impl<M: Milter> Conn<'_, M> {
     /// without QUIT.
     async fn lost(&mut self) {
         let limit = self.config.callback_timeout;
-        let ctx = Context {
-            id: self.id,
-            macros: &self.macros,
-            client: self.client.as_ref(),
-            agreed: &self.agreed,
-        };
+        let ctx = self.view.ctx();
         if let Some(msg) = self.message.take()
             && let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await
         {
@@ -600,9 +565,12 @@ pub(crate) async fn run<M: Milter, T: Transport>(
         id,
         config,
         session: Session::new(),
-        macros: MacroStore::new(),
-        client: None,
-        agreed: initial_agreed(),
+        view: View {
+            id,
+            macros: MacroStore::new(),
+            client: None,
+            agreed: initial_agreed(),
+        },
         fake_no_reply: ProtocolFlags::empty(),
         options: Options::default(),
         message: None,

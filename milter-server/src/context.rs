@@ -125,7 +125,7 @@ impl EomContext<'_> {
             && !self.ctx.agreed.actions.contains(action)
         {
             return Err(ActionError::NotNegotiated {
-                action: action_name(action),
+                action: action.libmilter_name().unwrap_or("SMFIF_*"),
             });
         }
         response.encode(self.out, self.max_payload)?;
@@ -265,19 +265,5 @@ impl EomContext<'_> {
         self.io.flush().await?;
         self.out.clear();
         Ok(())
-    }
-}
-
-pub(crate) fn action_name(action: Actions) -> &'static str {
-    match action {
-        Actions::ADD_HEADERS => "SMFIF_ADDHDRS",
-        Actions::CHANGE_BODY => "SMFIF_CHGBODY",
-        Actions::ADD_RCPT => "SMFIF_ADDRCPT",
-        Actions::DELETE_RCPT => "SMFIF_DELRCPT",
-        Actions::CHANGE_HEADERS => "SMFIF_CHGHDRS",
-        Actions::QUARANTINE => "SMFIF_QUARANTINE",
-        Actions::CHANGE_FROM => "SMFIF_CHGFROM",
-        Actions::ADD_RCPT_PAR => "SMFIF_ADDRCPT_PAR",
-        _ => "SMFIF_SETSYMLIST",
     }
 }
