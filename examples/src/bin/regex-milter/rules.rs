@@ -498,6 +498,14 @@ impl RuleSet {
         self.conds.iter().any(|c| c.kind == kind)
     }
 
+    /// Whether some `macro` condition's name pattern matches `name` (e.g.
+    /// `{auth_authen}`). The milter asks the MTA for the macros that do.
+    pub(crate) fn wants_macro(&self, name: &str) -> bool {
+        self.conds
+            .iter()
+            .any(|c| c.kind == CondKind::Macro && c.first.matches(name))
+    }
+
     /// The stage by which the outcome of `rule` is always known: the latest
     /// stage any of its conditions depends on. A rule using only `connect`
     /// and `helo` is decided at [`Stage::Helo`]; one with `body` (or
@@ -792,24 +800,35 @@ impl Evaluator {
     /// protocol allows it; before, quarantine rules are skipped.
     ///
     /// At [`Stage::Eom`] a `None` is final: the message passes.
+    // The binary uses `rule_at` (to log the rule's line); the unit tests and
+    // simpler copies of this glue use this.
+    #[allow(dead_code)]
     pub(crate) fn decision_at(&self, stage: Stage) -> Option<&Action> {
+        self.rule_at(stage).map(Rule::action)
+    }
+
+    /// As [`Evaluator::decision_at`], but the rule itself (for its line).
+    pub(crate) fn rule_at(&self, stage: Stage) -> Option<&Rule> {
         // Is the pending recipient refused? Needed when looking past RCPT.
         let pending_refused = stage > Stage::EnvRcpt
             && self.has_current_rcpt
             && self
                 .decide(Stage::EnvRcpt, false)
                 .is_some_and(Action::is_refusal);
-        self.decide(stage, pending_refused)
+        self.decide_rule(stage, pending_refused)
     }
 
     fn decide(&self, stage: Stage, pending_refused: bool) -> Option<&Action> {
+        self.decide_rule(stage, pending_refused).map(Rule::action)
+    }
+
+    fn decide_rule(&self, stage: Stage, pending_refused: bool) -> Option<&Rule> {
         let value = |i: usize| self.cond_value(i, stage, pending_refused);
         self.rules
             .rules
             .iter()
             .filter(|r| stage == Stage::Eom || !matches!(r.action, Action::Quarantine(_)))
             .find(|r| r.exprs.iter().any(|e| e.eval(&value) == Some(true)))
-            .map(|r| &r.action)
     }
 
     /// Three-valued truth of condition `i` once `stage` is complete.
