@@ -72,8 +72,8 @@ pub struct DaemonArgs {
     pub delay: Option<Seconds>,
     /// Check the configuration (the given FILE or --config), print every error as
     /// file:line:column: message, and exit (non-zero if it has errors).
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-    pub check_config: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<Option<PathBuf>>,
     /// Learning mode: decide, record and log, but never tempfail.
     #[arg(long)]
     pub dry_run: bool,
@@ -189,9 +189,9 @@ mod tests {
         assert_eq!(c.daemon.delay, Some(Seconds(2)));
         assert_eq!(c.daemon.socket_mode, Some(0o666));
         let c = Cli::parse_from(["greylist-filter", "--check-config", "g.toml"]);
-        assert_eq!(c.daemon.check_config, Some(PathBuf::from("g.toml")));
+        assert_eq!(c.daemon.check_config, Some(Some(PathBuf::from("g.toml"))));
         let c = Cli::parse_from(["greylist-filter", "--config", "g.toml", "--check-config"]);
-        assert_eq!(c.daemon.check_config, Some(PathBuf::new()));
+        assert_eq!(c.daemon.check_config, Some(None));
         assert!(Cli::try_parse_from(["greylist-filter", "--delay", "5 parsecs"]).is_err());
     }
 

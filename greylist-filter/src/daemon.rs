@@ -163,7 +163,7 @@ fn load_file(args: &DaemonArgs, file: Option<&Path>) -> Result<Loaded, Vec<Confi
 /// to stderr as `file:line:column: message`. Returns whether the file is valid.
 pub fn check_config(args: &DaemonArgs) -> bool {
     let file = match &args.check_config {
-        Some(f) if !f.as_os_str().is_empty() => Some(f.clone()),
+        Some(Some(f)) => Some(f.clone()),
         _ => args.config.clone(),
     };
     let Some(file) = file else {

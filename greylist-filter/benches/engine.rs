@@ -1,0 +1,133 @@
+//! In-process greylisting decisions per second: the policy, the whitelist and the
+//! default redb store behind [`Engine::check_rcpt`], without the milter protocol.
+//!
+//! - `auto_whitelisted`: lookups of tuples that already passed (the steady state of a
+//!   mail server: most mail comes from known senders). Target ≥ 200,000/s.
+//! - `new_tuples`: first attempts of never-seen tuples, each one a write that the store
+//!   group-commits in the background. Target ≥ 50,000/s.
+//!
+//! `cargo bench -p greylist-filter --bench engine`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use greylist_filter::clock::SystemClock;
+use greylist_filter::config::Config;
+use greylist_filter::record::{TupleRecord, TupleState};
+use greylist_filter::store::{RedbStore, Store};
+use greylist_filter::tuple::Key;
+use greylist_filter::{Action, Engine, RcptContext};
+
+const BATCH: u64 = 1000;
+const KNOWN: u32 = 20_000;
+
+fn ip(i: u32) -> IpAddr {
+    // 10.x.y.z spread over many /24 networks.
+    IpAddr::V4(Ipv4Addr::from(0x0A00_0000 | (i * 7919) % 0x00FF_FFFF))
+}
+
+fn rcpt(i: u32) -> String {
+    format!("user{i}@example.net")
+}
+
+fn engine(dir: &Path) -> (Engine, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.join("bench.redb")).unwrap());
+    let config = Config::default();
+    let e = Engine::new(
+        &config,
+        Path::new("bench.toml"),
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        "bench.example",
+    )
+    .unwrap();
+    (e, store)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = engine(dir.path());
+    let now = greylist_filter::clock::Clock::now(&SystemClock);
+    let config = Config::default();
+    rt.block_on(async {
+        for i in 0..KNOWN {
+            let key = Key::from_raw(
+                ip(i),
+                "sender@example.org",
+                &rcpt(i),
+                config.greylist.ipv4_prefix,
+                config.greylist.ipv6_prefix,
+            );
+            let rec = TupleRecord {
+                state: TupleState::Passed,
+                first_seen: now - 600,
+                passed_at: now - 300,
+                last_seen: now - 10,
+                expires: now + 30 * 86_400,
+                attempts: 1,
+                passes: 1,
+            };
+            store.put(&key, &rec).await.unwrap();
+        }
+        store.flush().await.unwrap();
+    });
+    let rcpts: Vec<String> = (0..KNOWN).map(rcpt).collect();
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(BATCH));
+    let mut n = 0u32;
+    g.bench_function("auto_whitelisted", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for _ in 0..BATCH {
+                    n = (n + 1) % KNOWN;
+                    let ctx = RcptContext {
+                        client_addr: Some(ip(n)),
+                        client_name: None,
+                        auth_authen: None,
+                        sender: "<sender@example.org>",
+                        recipient: &rcpts[n as usize],
+                        queue_id: None,
+                    };
+                    let out = engine.check_rcpt(&ctx).await;
+                    debug_assert_eq!(out.action, Action::Continue);
+                    black_box(out);
+                }
+            });
+        });
+    });
+
+    let mut fresh = 0u64;
+    g.bench_function("new_tuples", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for _ in 0..BATCH {
+                    fresh += 1;
+                    let r = format!("new{fresh}@example.net");
+                    let ctx = RcptContext {
+                        client_addr: Some(ip((fresh % 50_000) as u32 + KNOWN)),
+                        client_name: None,
+                        auth_authen: None,
+                        sender: "<spammer@example.biz>",
+                        recipient: &r,
+                        queue_id: None,
+                    };
+                    let out = engine.check_rcpt(&ctx).await;
+                    debug_assert!(matches!(out.action, Action::Tempfail(_)));
+                    black_box(out);
+                }
+            });
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
