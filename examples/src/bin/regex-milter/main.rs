@@ -45,6 +45,7 @@ use milter_proto::{
     Actions, Connect, ConnectAddress, Envelope, Header, MacroStage, OptNeg, SmtpReply,
 };
 use milter_server::{BoxError, Context, EomContext, Milter, Options, Stages, Status, async_trait};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
 mod posix;
@@ -417,15 +418,7 @@ fn report(e: &LoadError) {
 /// Reloads the rule file on every SIGHUP. A file with errors is refused
 /// (the errors are logged) and the old rules stay; connections opened after
 /// a successful reload use the new rules, open ones keep theirs.
-async fn reload_on_hangup(shared: Arc<SharedRules>, path: PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(%e, "cannot handle SIGHUP; rules cannot be reloaded");
-            return;
-        }
-    };
+async fn reload_on_hangup(mut hangup: Signal, shared: Arc<SharedRules>, path: PathBuf) {
     while hangup.recv().await.is_some() {
         match shared.reload(&path) {
             Ok(n) => info!(rules = n, file = %path.display(), "rules reloaded"),
@@ -485,7 +478,20 @@ async fn main() -> ExitCode {
     };
     info!(rules = rules.rules().len(), file = %cli.rules.display(), "rules loaded");
     let shared = Arc::new(SharedRules::new(rules));
-    tokio::spawn(reload_on_hangup(Arc::clone(&shared), cli.rules.clone()));
+    // Install the SIGHUP handler before listening: from the first
+    // connection on, a SIGHUP reloads instead of killing the process.
+    let hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(%e, "cannot handle SIGHUP");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(reload_on_hangup(
+        hangup,
+        Arc::clone(&shared),
+        cli.rules.clone(),
+    ));
 
     // One RegexMilter per MTA connection, with the rules current right now.
     let factory = move || RegexMilter {

@@ -40,7 +40,7 @@ use clap::{Args, Parser, Subcommand};
 use milter_examples::{ListenArgs, init_logging, serve};
 use milter_proto::{Connect, Envelope, MacroStage, OptNeg, SmtpReply};
 use milter_server::{BoxError, Context, Milter, Options, Stages, Status, async_trait};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod callout;
 
@@ -246,6 +246,7 @@ impl Milter for SenderCheck {
             return Ok(Status::Continue);
         }
         // The null sender (bounces) is skipped by the verifier itself.
+        debug!(conn = ctx.connection_id(), %sender, "verifying sender");
         let verdict = self.verifier.verify(&sender).await;
         info!(
             conn = ctx.connection_id(),
