@@ -38,7 +38,10 @@ BIN=$ROOT/target/debug
 die() { echo "examples-postfix: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "must run as root (Postfix needs it)"
 [ -x "$HARNESS/postfix-start.sh" ] || die "harness not found at $HARNESS (set SHARED=)"
-command -v swaks >/dev/null || die "swaks is not installed (apt-get install swaks)"
+if ! command -v swaks >/dev/null; then
+  apt-cache policy swaks 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks >/dev/null
+fi
 
 FAILS=0
 pass() { echo "PASS $*"; }
@@ -82,13 +85,6 @@ start_milter() {
   die "milter did not start: $*"
 }
 
-# Two smtp-sinks: one accepting everything (also the relay target for mail
-# Postfix accepts), one refusing RCPT with a 5xx.
-smtp-sink -u postfix 127.0.0.1:$SINK_OK 20 &
-SINK_PIDS+=($!)
-smtp-sink -u postfix -f RCPT 127.0.0.1:$SINK_BAD 20 &
-SINK_PIDS+=($!)
-
 # XCLIENT lets swaks present a remote client address (192.0.2.10) to Postfix
 # and so to the milters; mail to example.net is accepted from anyone.
 echo "== starting Postfix on 127.0.0.1:$PF_PORT"
@@ -99,6 +95,12 @@ if ! PF_SINK_PORT=$SINK_OK \
   die "Postfix did not start"
 fi
 
+# Two smtp-sinks (installed with Postfix): one accepting everything (also
+# the relay target for mail Postfix accepts), one refusing RCPT with a 5xx.
+smtp-sink -u postfix 127.0.0.1:$SINK_OK 20 &
+SINK_PIDS+=($!)
+smtp-sink -u postfix -f RCPT 127.0.0.1:$SINK_BAD 20 &
+SINK_PIDS+=($!)
 for port in $SINK_OK $SINK_BAD; do
   for _ in $(seq 1 50); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done
   ss -Hltn "sport = :$port" | grep -q . || die "smtp-sink on $port did not start"
@@ -141,6 +143,11 @@ swaks_run valid --xclient-addr 192.0.2.10 --xclient-name client.example.net \
   --from alice@example.org --body "valid sender"
 expect valid "$QUEUED" "sender-check-milter: sender valid at the callout target (250): queued"
 stop_milter
+if grep -q "sender verified" "$WORK/log/sender-ok.log"; then
+  pass "sender-check-milter: the valid sender was really verified (callout made)"
+else
+  fail "sender-check-milter: no verification logged in $WORK/log/sender-ok.log"
+fi
 
 echo "== sender-check-milter, callouts to smtp-sink -f RCPT (5xx)"
 start_milter "$WORK/log/sender-bad.log" "$BIN/sender-check-milter" \
