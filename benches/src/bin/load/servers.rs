@@ -1,0 +1,309 @@
+//! The filters under test: building the C ones, starting every one on its
+//! own socket, reading their CPU time and RSS from `/proc`, and running the
+//! C load generator `milterload.c` against them.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::generator::{Spec, Target};
+
+/// Compiles `src` with gcc into `out` unless `out` is newer.
+pub(crate) fn gcc(src: &Path, out: &Path, libs: &[&str]) -> anyhow::Result<()> {
+    let fresh = match (fs::metadata(src), fs::metadata(out)) {
+        (Ok(s), Ok(o)) => o.modified()? >= s.modified()?,
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(src)
+        .args(libs)
+        .status()
+        .context("running gcc (apt-get install build-essential)")?;
+    if !status.success() {
+        bail!(
+            "gcc failed for {} (for cmilter.c: apt-get install libmilter-dev)",
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How to start one filter: a label and a command line in which `{spec}`
+/// stands for the socket specification (`unix:/path` or `inet:PORT@127.0.0.1`).
+#[derive(Debug, Clone)]
+pub(crate) struct ServerDef {
+    pub(crate) label: String,
+    /// `accept` or `addheader`: which baselines it is compared with.
+    pub(crate) group: Group,
+    pub(crate) argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    Accept,
+    AddHeader,
+}
+
+/// A running filter.
+pub(crate) struct Server {
+    pub(crate) def: ServerDef,
+    pub(crate) target: Target,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `def` on a unix socket in `dir` (or on a fresh loopback TCP
+    /// port) and waits until it accepts connections.
+    pub(crate) fn start(def: &ServerDef, dir: &Path, tcp: bool) -> anyhow::Result<Server> {
+        let (target, spec) = if tcp {
+            let port = free_port()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            (Target::Tcp(addr), format!("inet:{port}@127.0.0.1"))
+        } else {
+            let path = dir.join(format!("{}.sock", def.label));
+            let _ = fs::remove_file(&path);
+            (
+                Target::Unix(path.clone()),
+                format!("unix:{}", path.display()),
+            )
+        };
+        let argv: Vec<String> = def
+            .argv
+            .iter()
+            .map(|a| a.replace("{spec}", &spec))
+            .collect();
+        let log = dir.join(format!(
+            "{}{}.log",
+            def.label,
+            if tcp { "-tcp" } else { "" }
+        ));
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log)?)
+            .stderr(fs::File::create(&log)?.try_clone()?)
+            .spawn()
+            .with_context(|| format!("starting {}: {}", def.label, argv.join(" ")))?;
+        let mut server = Server {
+            def: def.clone(),
+            target,
+            child,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = match &server.target {
+                Target::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+                Target::Tcp(a) => std::net::TcpStream::connect(a).is_ok(),
+            };
+            if up {
+                break;
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before listening; log: {}",
+                    def.label,
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > until {
+                bail!("{} did not listen within 10 s", def.label);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The probe connection above was closed without a word; give the
+        // server a moment to forget it before anything is measured.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(server)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) fn sample(&self) -> Sample {
+        Sample::of(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Target::Unix(p) = &self.target {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// CPU seconds (user + system) and RSS of a process at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sample {
+    pub(crate) cpu_s: f64,
+    pub(crate) rss_kb: u64,
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of `/proc/PID/stat`, in seconds.
+pub(crate) fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let s = fs::read_to_string(stat_path).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ") ": state is field 3; utime and stime are fields 14 and 15.
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / clock_ticks())
+}
+
+/// A `kB` line of `/proc/PID/status`.
+pub(crate) fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+impl Sample {
+    pub(crate) fn of(pid: u32) -> Sample {
+        Sample {
+            cpu_s: cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(f64::NAN),
+            rss_kb: status_kb(pid, "VmRSS").unwrap_or(0),
+        }
+    }
+
+    /// This process (the load generator).
+    pub(crate) fn me() -> Sample {
+        Sample {
+            cpu_s: cpu_seconds("/proc/self/stat").unwrap_or(f64::NAN),
+            rss_kb: 0,
+        }
+    }
+}
+
+/// The soft limit on open files of this process.
+pub(crate) fn nofile_limit() -> u64 {
+    fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The `RESULT` line of one `milterload` run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CResult {
+    pub(crate) ok: u64,
+    pub(crate) fail: u64,
+    pub(crate) errs: u64,
+    pub(crate) rate: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) srv_cpu_ms_per_k: f64,
+    pub(crate) cli_cpu_ms_per_k: f64,
+    pub(crate) srv_rss_kb: u64,
+}
+
+/// Runs `milterload` once and parses its `RESULT` line.
+pub(crate) fn milterload(
+    bin: &Path,
+    spec: &Spec,
+    pid: u32,
+    body: usize,
+    headers: usize,
+) -> anyhow::Result<CResult> {
+    let out = Command::new(bin)
+        .arg("-s")
+        .arg(spec.target.to_string())
+        .args(["-c", &spec.conns.to_string()])
+        .args(["-n", &spec.messages.to_string()])
+        .args(["-m", &spec.per_conn.to_string()])
+        .args(["-b", &body.to_string()])
+        .args(["-H", &headers.to_string()])
+        .args(["-p", &pid.to_string()])
+        .args(["-T", "300", "-q"])
+        .output()
+        .context("running milterload")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .with_context(|| {
+            format!(
+                "milterload printed no RESULT line: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let mut r = CResult::default();
+    for kv in line.split_whitespace() {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        let f = v.parse::<f64>().unwrap_or(f64::NAN);
+        match k {
+            "ok" => r.ok = f as u64,
+            "fail" => r.fail = f as u64,
+            "errs" => r.errs = f as u64,
+            "rate" => r.rate = f,
+            "p50_us" => r.p50_us = f,
+            "p99_us" => r.p99_us = f,
+            "srv_cpu_ms_per_k" => r.srv_cpu_ms_per_k = f,
+            "cli_cpu_ms_per_k" => r.cli_cpu_ms_per_k = f,
+            "srv_rss_kb" => r.srv_rss_kb = f as u64,
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+/// Where the shared harness (nullmilter.c, cmilter.c, milterload.c) is.
+pub(crate) fn find_harness(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let candidates = given.into_iter().chain(
+        [
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/harness"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/harness"),
+            "/work/shared/harness",
+        ]
+        .iter()
+        .map(PathBuf::from),
+    );
+    for c in candidates {
+        if c.join("nullmilter.c").is_file() {
+            return Ok(c);
+        }
+    }
+    bail!("cannot find the harness directory with nullmilter.c: pass --harness DIR")
+}
