@@ -398,6 +398,9 @@ pub struct StoreConfig {
     pub expire_interval: Seconds,
     /// Records deleted per sweep step. Default 1000.
     pub expire_batch: usize,
+    /// Auto-whitelisted tuples kept in memory in front of the store, so the common
+    /// case (a known sender) needs no database read. Default 100000; 0 disables.
+    pub cache_entries: usize,
 }
 
 impl Default for StoreConfig {
@@ -406,6 +409,7 @@ impl Default for StoreConfig {
             path: None,
             expire_interval: Seconds(60),
             expire_batch: 1000,
+            cache_entries: 100_000,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! decision in [`Metrics`], applies the failure policy when the store fails, and
 //! implements dry-run (decide, record and log, but always continue).
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::clock::Clock;
@@ -15,7 +17,7 @@ use crate::config::{Config, ConfigError, FailMode};
 use crate::decision_log::{log_decision, rfc5322_date};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Params, PassReason, TempfailReason, decide, passes_at};
-use crate::record::{HostRecord, TupleRecord};
+use crate::record::{HostRecord, Snapshot, TupleRecord, TupleState};
 use crate::store::{ExpireReport, Store, StoreError};
 use crate::tuple::{Key, mask, normalize_recipient, normalize_sender};
 use crate::whitelist::{Subject, Whitelist};
@@ -122,6 +124,70 @@ impl Settings {
     }
 }
 
+/// Shards of the pass cache (each behind its own mutex).
+const CACHE_SHARDS: usize = 16;
+
+/// Auto-whitelisted tuple records kept in memory in front of the store.
+///
+/// Coherent because every change to a passed tuple goes through the engine: a refresh
+/// updates the entry, [`Engine::flush_ip`] removes the network's entries, and expiry
+/// only deletes records whose `expires` is past, which a hit checks itself. A hit
+/// skips the host record, so a pass that the store would report as `host_trusted`
+/// may be reported as `auto_whitelisted` (same action); entries are only made from
+/// decisions that were not host-trusted.
+#[derive(Debug)]
+struct PassCache {
+    shards: Vec<Mutex<HashMap<Key, TupleRecord>>>,
+    per_shard: usize,
+}
+
+impl PassCache {
+    fn new(entries: usize) -> Option<Self> {
+        (entries > 0).then(|| PassCache {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: entries.div_ceil(CACHE_SHARDS),
+        })
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, TupleRecord>> {
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = usize::try_from(h.finish() % CACHE_SHARDS as u64).unwrap_or(0);
+        self.shards
+            .get(i)
+            .unwrap_or(&self.shards[0])
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &Key) -> Option<TupleRecord> {
+        self.shard(key).get(key).copied()
+    }
+
+    fn put(&self, key: &Key, rec: TupleRecord) {
+        let mut s = self.shard(key);
+        if s.len() >= self.per_shard && !s.contains_key(key) {
+            // Crude but bounded: start the shard over (misses just read the store).
+            s.clear();
+        }
+        s.insert(key.clone(), rec);
+    }
+
+    fn remove(&self, key: &Key) {
+        self.shard(key).remove(key);
+    }
+
+    fn remove_network(&self, network: &str) {
+        for s in &self.shards {
+            s.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|k, _| k.network() != network);
+        }
+    }
+}
+
 /// The greylisting engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -131,6 +197,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     hostname: String,
+    cache: Option<PassCache>,
 }
 
 impl Engine {
@@ -150,6 +217,7 @@ impl Engine {
             clock,
             metrics: Metrics::default(),
             hostname: hostname.into(),
+            cache: PassCache::new(config.store.cache_entries),
         })
     }
 
@@ -235,6 +303,32 @@ impl Engine {
 
     async fn decide_stored(&self, s: &Settings, key: &Key) -> Decision {
         let now = self.clock.now();
+        if let Some(cache) = &self.cache
+            && let Some(rec) = cache.get(key)
+        {
+            if rec.state == TupleState::Passed && rec.expires > now {
+                let snap = Snapshot {
+                    tuple: Some(rec),
+                    host: None,
+                    pending_in_network: 0,
+                };
+                let (decision, updates) = decide(&s.params, None, &snap, now);
+                if let Some(w) = updates.tuple {
+                    let t = Instant::now();
+                    let r = self.store.apply(key, &updates).await;
+                    self.metrics.record_store_latency(t.elapsed());
+                    match r {
+                        Ok(()) => cache.put(key, w.record),
+                        Err(e) => {
+                            cache.remove(key);
+                            return self.store_failed(s, key, &e);
+                        }
+                    }
+                }
+                return decision;
+            }
+            cache.remove(key);
+        }
         let t = Instant::now();
         let snap = self.store.lookup(key).await;
         self.metrics.record_store_latency(t.elapsed());
@@ -250,6 +344,16 @@ impl Engine {
             if let Err(e) = r {
                 return self.store_failed(s, key, &e);
             }
+        }
+        if let Some(cache) = &self.cache
+            && matches!(
+                decision,
+                Decision::Pass(PassReason::AutoWhitelisted | PassReason::DelayMet { .. })
+            )
+            && let Some(rec) = updates.tuple.map(|w| w.record).or(snap.tuple)
+            && rec.state == TupleState::Passed
+        {
+            cache.put(key, rec);
         }
         decision
     }
@@ -346,6 +450,9 @@ impl Engine {
     /// demand); returns the network and the number of tuple records deleted.
     pub async fn flush_ip(&self, ip: IpAddr) -> Result<(String, u64), StoreError> {
         let net = self.network_of(ip).to_string();
+        if let Some(c) = &self.cache {
+            c.remove_network(&net);
+        }
         let n = self.store.flush_network(&net).await?;
         tracing::info!(network = %net, deleted = n, "greylist records flushed");
         Ok((net, n))

@@ -127,9 +127,27 @@ fn unbracket(s: &str) -> &str {
         .map_or(s, str::trim)
 }
 
+/// Appends `s` to `out` without its control characters.
+fn push_clean(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b.is_ascii_control()) || !s.is_ascii() {
+        out.extend(s.chars().filter(|c| !c.is_control()));
+    } else {
+        out.push_str(s);
+    }
+}
+
 /// Appends `s` lower-cased to `out`, dropping control characters (so NUL, the key
 /// separator, can never appear in a normalised part).
 fn push_clean_lower(out: &mut String, s: &str) {
+    // Fast path: plain ASCII without control characters (nearly every address).
+    if s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        let start = out.len();
+        out.push_str(s);
+        if let Some(tail) = out.get_mut(start..) {
+            tail.make_ascii_lowercase();
+        }
+        return;
+    }
     for c in s.chars() {
         if !c.is_control() {
             out.extend(c.to_lowercase());
@@ -279,10 +297,10 @@ impl Key {
         let _ = write!(buf, "{network}");
         let net_end = buf.len();
         buf.push(KEY_SEPARATOR);
-        buf.extend(sender.chars().filter(|c| !c.is_control()));
+        push_clean(&mut buf, sender);
         let sender_end = buf.len();
         buf.push(KEY_SEPARATOR);
-        buf.extend(recipient.chars().filter(|c| !c.is_control()));
+        push_clean(&mut buf, recipient);
         Key {
             buf,
             net_end,

@@ -195,33 +195,104 @@ fn writer_loop(inner: &Inner) {
     }
 }
 
-/// Writes a tuple record inside a write transaction, keeping the expiry index and the
-/// pending count in step.
-fn write_tuple(
-    txn: &redb::WriteTransaction,
-    kb: &[u8],
-    rec: &TupleRecord,
-) -> Result<(), StoreError> {
-    let mut tuples = txn.open_table(TUPLES).map_err(be)?;
-    let mut expiry = txn.open_table(EXPIRY).map_err(be)?;
-    let old = tuples
-        .insert(kb, rec.encode().as_slice())
-        .map_err(be)?
-        .and_then(|g| TupleRecord::decode(g.value()));
-    let entry = expiry_entry(TAG_TUPLE, kb);
-    if let Some(o) = old {
-        expiry.remove((o.expires, entry.as_slice())).map_err(be)?;
+/// The tables of one write transaction, opened once for a whole batch. Pending-count
+/// changes are summed per network and written once in [`WriteTables::finish`].
+struct WriteTables<'t> {
+    tuples: redb::Table<'t, &'static [u8], &'static [u8]>,
+    hosts: redb::Table<'t, &'static str, &'static [u8]>,
+    expiry: redb::Table<'t, (u64, &'static [u8]), ()>,
+    pending_delta: HashMap<String, i64>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteTables {
+            tuples: txn.open_table(TUPLES).map_err(be)?,
+            hosts: txn.open_table(HOSTS).map_err(be)?,
+            expiry: txn.open_table(EXPIRY).map_err(be)?,
+            pending_delta: HashMap::new(),
+        })
     }
-    expiry
-        .insert((rec.expires, entry.as_slice()), ())
-        .map_err(be)?;
-    let delta = pending_delta(old.as_ref(), Some(rec));
-    if delta != 0
-        && let Some(k) = Key::from_bytes(kb)
-    {
-        adjust_pending(txn, k.network(), delta)?;
+
+    /// Writes a tuple record, keeping the expiry index (and, at `finish`, the pending
+    /// count) in step.
+    fn write_tuple(&mut self, kb: &[u8], rec: &TupleRecord) -> Result<(), StoreError> {
+        let old = self
+            .tuples
+            .insert(kb, rec.encode().as_slice())
+            .map_err(be)?
+            .and_then(|g| TupleRecord::decode(g.value()));
+        let entry = expiry_entry(TAG_TUPLE, kb);
+        match old {
+            Some(o) if o.expires == rec.expires => {}
+            Some(o) => {
+                self.expiry
+                    .remove((o.expires, entry.as_slice()))
+                    .map_err(be)?;
+                self.expiry
+                    .insert((rec.expires, entry.as_slice()), ())
+                    .map_err(be)?;
+            }
+            None => {
+                self.expiry
+                    .insert((rec.expires, entry.as_slice()), ())
+                    .map_err(be)?;
+            }
+        }
+        let delta = pending_delta(old.as_ref(), Some(rec));
+        if delta != 0
+            && let Some(k) = Key::from_bytes(kb)
+        {
+            *self
+                .pending_delta
+                .entry(k.network().to_owned())
+                .or_default() += delta;
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn write_host(&mut self, network: &str, upd: HostUpdate) -> Result<(), StoreError> {
+        let cur = self
+            .hosts
+            .get(network)
+            .map_err(be)?
+            .and_then(|g| HostRecord::decode(g.value()));
+        let new = HostRecord::apply(cur, upd);
+        if cur == Some(new) {
+            return Ok(());
+        }
+        let entry = expiry_entry(TAG_HOST, network.as_bytes());
+        if let Some(c) = cur {
+            self.expiry
+                .remove((c.expires, entry.as_slice()))
+                .map_err(be)?;
+        }
+        self.expiry
+            .insert((new.expires, entry.as_slice()), ())
+            .map_err(be)?;
+        self.hosts
+            .insert(network, new.encode().as_slice())
+            .map_err(be)?;
+        Ok(())
+    }
+
+    /// Closes the tables and writes the summed pending-count changes.
+    fn finish(self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let WriteTables {
+            tuples,
+            hosts,
+            expiry,
+            pending_delta,
+        } = self;
+        drop((tuples, hosts, expiry));
+        let mut deltas: Vec<(String, i64)> =
+            pending_delta.into_iter().filter(|(_, d)| *d != 0).collect();
+        deltas.sort_unstable();
+        for (n, d) in deltas {
+            adjust_pending(txn, &n, d)?;
+        }
+        Ok(())
+    }
 }
 
 fn adjust_pending(
@@ -237,32 +308,6 @@ fn adjust_pending(
     } else {
         pending.insert(network, new).map_err(be)?;
     }
-    Ok(())
-}
-
-fn write_host(
-    txn: &redb::WriteTransaction,
-    network: &str,
-    upd: HostUpdate,
-) -> Result<(), StoreError> {
-    let mut hosts = txn.open_table(HOSTS).map_err(be)?;
-    let mut expiry = txn.open_table(EXPIRY).map_err(be)?;
-    let cur = hosts
-        .get(network)
-        .map_err(be)?
-        .and_then(|g| HostRecord::decode(g.value()));
-    let new = HostRecord::apply(cur, upd);
-    if cur == Some(new) {
-        return Ok(());
-    }
-    let entry = expiry_entry(TAG_HOST, network.as_bytes());
-    if let Some(c) = cur {
-        expiry.remove((c.expires, entry.as_slice())).map_err(be)?;
-    }
-    expiry
-        .insert((new.expires, entry.as_slice()), ())
-        .map_err(be)?;
-    hosts.insert(network, new.encode().as_slice()).map_err(be)?;
     Ok(())
 }
 
@@ -308,26 +353,31 @@ impl Inner {
         let mut txn = self.db.begin_write().map_err(be)?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(be)?;
-        for (k, r) in &batch.tuples {
-            write_tuple(&txn, k, r)?;
+        let mut t = WriteTables::open(&txn)?;
+        // In key order: neighbouring inserts touch the same B-tree pages.
+        let mut tuples: Vec<(&Vec<u8>, &TupleRecord)> = batch.tuples.iter().collect();
+        tuples.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, r) in tuples {
+            t.write_tuple(k, r)?;
         }
         for (n, until) in &batch.hosts {
-            write_host(&txn, n, HostUpdate::Refresh { until: *until })?;
+            t.write_host(n, HostUpdate::Refresh { until: *until })?;
         }
         match extra {
             Some(Extra::Updates(kb, u)) => {
                 if let Some(w) = u.tuple {
-                    write_tuple(&txn, kb, &w.record)?;
+                    t.write_tuple(kb, &w.record)?;
                 }
                 if let Some(h) = u.host
                     && let Some(k) = Key::from_bytes(kb)
                 {
-                    write_host(&txn, k.network(), h)?;
+                    t.write_host(k.network(), h)?;
                 }
             }
-            Some(Extra::Put(kb, r)) => write_tuple(&txn, kb, r)?,
+            Some(Extra::Put(kb, r)) => t.write_tuple(kb, r)?,
             None => {}
         }
+        t.finish(&txn)?;
         txn.commit().map_err(be)
     }
 
