@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use greylist_filter::clock::ManualClock;
+use greylist_filter::clock::{Clock, ManualClock};
 use greylist_filter::config::Config;
 use greylist_filter::policy::{BypassReason, Decision, GreylistReason, PassReason, TempfailReason};
 use greylist_filter::store::{MemoryStore, RedbStore, Store};
@@ -365,4 +365,60 @@ async fn expire_step_uses_clock_and_batch() {
     assert_eq!((r.tuples, r.more), (1, true));
     assert_eq!(e.expire_step().await.unwrap().tuples, 1);
     assert_eq!(store.stats().await.unwrap().tuples, 0);
+}
+
+/// The in-memory pass cache stays coherent with the store: refreshes are written
+/// through, an expired entry is not trusted, a flushed network is forgotten.
+#[tokio::test]
+async fn pass_cache_is_coherent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("c.redb")).unwrap());
+    let cfg = config("[greylist]\nauto_whitelist = \"2d\"\n[host_trust]\nthreshold = 0\n");
+    let (e, clock) = engine_with(&cfg, store.clone());
+    let c = ctx("192.0.2.9", "a@example.org", "b@example.net");
+    e.check_rcpt(&c).await;
+    clock.advance(Duration::from_secs(301));
+    let out = e.check_rcpt(&c).await;
+    assert!(matches!(
+        out.decision,
+        Decision::Pass(PassReason::DelayMet { .. })
+    ));
+    let key = out.key.unwrap();
+
+    // Cached hits refresh the record in the store (sliding window), not only in memory.
+    clock.advance(Duration::from_secs(86_400));
+    let out = e.check_rcpt(&c).await;
+    assert_eq!(out.decision, Decision::Pass(PassReason::AutoWhitelisted));
+    store.flush().await.unwrap();
+    let rec = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(rec.expires, clock.now() + 2 * 86_400);
+    assert_eq!(rec.passes, 2);
+
+    // Past its expiry the cached entry does not count.
+    clock.advance(Duration::from_secs(2 * 86_400 + 1));
+    let out = e.check_rcpt(&c).await;
+    assert_eq!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 300,
+            reason: GreylistReason::AutoWhitelistExpired
+        }
+    );
+
+    // Pass again, then flush the network: the cache forgets it too.
+    clock.advance(Duration::from_secs(301));
+    assert!(e.check_rcpt(&c).await.decision.accepts());
+    assert_eq!(
+        e.check_rcpt(&c).await.decision,
+        Decision::Pass(PassReason::AutoWhitelisted)
+    );
+    let (net, n) = e.flush_ip("192.0.2.200".parse().unwrap()).await.unwrap();
+    assert_eq!((net.as_str(), n), ("192.0.2.0/24", 1));
+    assert_eq!(
+        e.check_rcpt(&c).await.decision,
+        Decision::Greylist {
+            retry_after: 300,
+            reason: GreylistReason::NewTuple
+        }
+    );
 }
