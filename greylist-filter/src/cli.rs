@@ -58,16 +58,16 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, Default, Args)]
 pub struct DaemonArgs {
     /// Milter socket: unix:/path, local:/path, inet:PORT@HOST, inet6:PORT@HOST
-    /// (default: [milter] socket, else inet:7357@127.0.0.1).
+    /// (default: milter.socket in the configuration, else inet:7357@127.0.0.1).
     #[arg(long, value_name = "SPEC")]
     pub listen: Option<String>,
     /// Configuration file (TOML). Without it the built-in defaults apply.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The store file (default: [store] path, else ./greylist.redb).
+    /// The store file (default: store.path in the configuration, else ./greylist.redb).
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
-    /// Greylisting delay, overriding [greylist] delay: 300s, 5m, 1h.
+    /// Greylisting delay, overriding greylist.delay: 300s, 5m, 1h.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Seconds>,
     /// Check the configuration (the given FILE or --config), print every error as
@@ -83,7 +83,7 @@ pub struct DaemonArgs {
     /// Switch to this group (default: the user's primary group).
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
-    /// Unix socket permissions, octal (default: [milter] socket_mode, else 660).
+    /// Unix socket permissions, octal (default: milter.socket_mode, else 660).
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
     /// Unix socket owner, USER or USER:GROUP (e.g. postfix).

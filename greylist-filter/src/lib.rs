@@ -1,8 +1,11 @@
 //! # greylist-filter: greylisting for Sendmail and Postfix, as a library
 //!
-//! This crate is the testable core of the greylisting milter; the milter glue (a
-//! `milter_server::Milter` implementation) and the daemon's `main.rs` sit on top of
-//! [`Engine`].
+//! This crate is the greylisting milter daemon as a library: the [`Engine`] (policy,
+//! whitelists, store), the milter glue [`Greylist`] (a `milter_server::Milter`), the
+//! [`daemon`] (configuration, reload, expiry, privilege drop, shutdown), the [`admin`]
+//! HTTP endpoint and the [`cli`]. `main.rs` only installs logging and signal handlers.
+//! Operating it (Postfix and Sendmail set-up, systemd, metrics, migration) is described in
+//! the crate's `README.md`.
 //!
 //! ## The algorithm
 //!
@@ -63,7 +66,8 @@
 //!
 //! [`config`] (TOML with `file:line:col` errors), [`tuple`](mod@tuple), [`policy`], [`record`],
 //! [`store`], [`whitelist`], [`clock`], [`metrics`], [`decision_log`], [`import`]
-//! (milter-greylist configuration and dump), [`engine`].
+//! (milter-greylist configuration and dump), [`engine`], [`filter`] (the milter),
+//! [`daemon`], [`admin`], [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
