@@ -261,7 +261,7 @@ pub fn refusal(out: &MessageOutcome, rcpt: &str) -> Option<String> {
 
 pub fn accepted(out: &MessageOutcome, rcpt: &str) -> bool {
     let want = format!("<{rcpt}>");
-    out.is_accepted() && out.accepted_recipients.iter().any(|r| *r == want)
+    out.is_accepted() && out.accepted_recipients.contains(&want)
 }
 
 /// Retries `m` until it is accepted (bounded by `deadline`), pausing `every` between
