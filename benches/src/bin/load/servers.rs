@@ -58,6 +58,41 @@ pub(crate) enum Group {
     AddHeader,
 }
 
+/// Process ids of the running filters, killed if the benchmark is
+/// interrupted (Drop does not run on a signal).
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every running filter and exits when SIGINT or SIGTERM arrives.
+pub(crate) fn kill_children_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let pids = RUNNING.lock().map(|v| v.clone()).unwrap_or_default();
+            for pid in pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            eprintln!("interrupted: filters stopped");
+            std::process::exit(130);
+        });
+    });
+}
+
 /// A running filter.
 pub(crate) struct Server {
     pub(crate) def: ServerDef,
@@ -99,6 +134,9 @@ impl Server {
             .stderr(fs::File::create(&log)?.try_clone()?)
             .spawn()
             .with_context(|| format!("starting {}: {}", def.label, argv.join(" ")))?;
+        if let Ok(mut v) = RUNNING.lock() {
+            v.push(child.id());
+        }
         let mut server = Server {
             def: def.clone(),
             target,
@@ -146,6 +184,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(mut v) = RUNNING.lock() {
+            v.retain(|&p| p != self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Target::Unix(p) = &self.target {
