@@ -64,7 +64,8 @@ pub struct DaemonArgs {
     /// Configuration file (TOML). Without it the built-in defaults apply.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The store file (default: store.path in the configuration, else ./greylist.redb).
+    /// The store: a redb file, or a Redis server as redis://HOST:PORT/DB (default:
+    /// store.redis, else store.path in the configuration, else ./greylist.redb).
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
     /// Greylisting delay, overriding greylist.delay: 300s, 5m, 1h.
@@ -155,7 +156,7 @@ pub enum Command {
     ImportDb {
         /// The dump file.
         dump: PathBuf,
-        /// The store to write into.
+        /// The store to write into (a redb file or redis://HOST:PORT/DB).
         #[arg(long, value_name = "PATH")]
         store: PathBuf,
         /// The configuration whose timings and prefixes apply (default: built-in).

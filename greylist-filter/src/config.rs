@@ -394,6 +394,16 @@ pub struct StoreConfig {
     /// directory. Default: `greylist.redb` in the working directory (see
     /// [`DEFAULT_STORE`]); `--store` overrides it.
     pub path: Option<PathBuf>,
+    /// A Redis server to keep the records in instead of the file,
+    /// `redis://HOST:PORT/DB` (several daemons may share it). `--store redis://…`
+    /// overrides it. Default: none (the redb file).
+    pub redis: Option<String>,
+    /// Prefix of every Redis key. Default `"greylist:"`.
+    pub redis_prefix: String,
+    /// Upper bound, in milliseconds, of connecting to Redis and of each command; a
+    /// Redis that does not answer in time counts as a store failure (see
+    /// `[greylist] fail_open`). Default 500.
+    pub redis_timeout_ms: u64,
     /// How often the expiry sweep runs. Default `"1m"`.
     pub expire_interval: Seconds,
     /// Records deleted per sweep step. Default 1000.
@@ -407,11 +417,21 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: None,
+            redis: None,
+            redis_prefix: "greylist:".to_owned(),
+            redis_timeout_ms: 500,
             expire_interval: Seconds(60),
             expire_batch: 1000,
             cache_entries: 100_000,
         }
     }
+}
+
+/// Whether `s` names a Redis server rather than a store file.
+pub fn is_redis_url(s: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|p| s.starts_with(p))
 }
 
 /// The store file used when neither `[store] path` nor `--store` is given (relative to
@@ -704,6 +724,22 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
             }
         }
     }
+    if let Some(url) = &c.store.redis
+        && !is_redis_url(url)
+    {
+        err(
+            "store",
+            "redis",
+            format!("{url:?} is not a redis://, rediss:// or redis+unix:// URL"),
+        );
+    }
+    if c.store.redis_timeout_ms == 0 {
+        err(
+            "store",
+            "redis_timeout_ms",
+            "redis_timeout_ms must be at least 1".into(),
+        );
+    }
     if c.store.expire_batch == 0 {
         err(
             "store",
@@ -774,6 +810,18 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn redis_store_settings() {
+        let c = parse("[store]\nredis = \"redis://127.0.0.1:6379/2\"\nredis_timeout_ms = 250\n")
+            .unwrap();
+        assert_eq!(c.store.redis.as_deref(), Some("redis://127.0.0.1:6379/2"));
+        assert_eq!(c.store.redis_prefix, "greylist:");
+        assert_eq!(c.store.redis_timeout_ms, 250);
+        let e = parse("[store]\nredis = \"127.0.0.1:6379\"\n").unwrap_err();
+        assert!(e[0].to_string().contains("not a redis://"), "{e:?}");
+        assert!(is_redis_url("rediss://h:1/0") && !is_redis_url("/var/lib/g.redb"));
     }
 
     #[test]

@@ -37,11 +37,12 @@ use tracing::{error, info, warn};
 use crate::cli::DaemonArgs;
 use crate::clock::SystemClock;
 use crate::config::{
-    Config, ConfigError, DEFAULT_STORE, FailMode, check_config as read_config, is_loopback, resolve,
+    Config, ConfigError, DEFAULT_STORE, FailMode, check_config as read_config, is_loopback,
+    is_redis_url, resolve,
 };
 use crate::engine::Engine;
 use crate::filter::Greylist;
-use crate::store::{RedbStore, Store};
+use crate::store::{RedbStore, RedisOptions, RedisStore, Store};
 use crate::whitelist::WhitelistSet;
 
 /// What the binary asks the running daemon to do.
@@ -201,16 +202,63 @@ fn joined(errors: &[ConfigError]) -> String {
         .join("\n")
 }
 
-/// The store file: `--store`, else `[store] path` (relative to the configuration
-/// file), else `greylist.redb` in the working directory.
-pub fn store_path(args: &DaemonArgs, loaded: &Loaded) -> PathBuf {
-    if let Some(s) = &args.store {
-        return s.clone();
+/// Where the records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A redb file.
+    File(PathBuf),
+    /// A Redis server URL.
+    Redis(String),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::File(p) => write!(f, "{}", p.display()),
+            StoreLocation::Redis(u) => f.write_str(u),
+        }
     }
-    match &loaded.config.store.path {
+}
+
+/// The store: `--store` (a file, or a `redis://` URL), else `[store] redis`, else
+/// `[store] path` (relative to the configuration file), else `greylist.redb` in the
+/// working directory.
+pub fn store_location(args: &DaemonArgs, loaded: &Loaded) -> StoreLocation {
+    if let Some(s) = &args.store {
+        if let Some(u) = s.to_str().filter(|u| is_redis_url(u)) {
+            return StoreLocation::Redis(u.to_owned());
+        }
+        return StoreLocation::File(s.clone());
+    }
+    if let Some(u) = &loaded.config.store.redis {
+        return StoreLocation::Redis(u.clone());
+    }
+    StoreLocation::File(match &loaded.config.store.path {
         Some(p) => resolve(loaded.base(), p),
         None => PathBuf::from(DEFAULT_STORE),
-    }
+    })
+}
+
+/// Opens the store at `loc` with the `[store]` settings of `config`.
+pub fn open_store(loc: &StoreLocation, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match loc {
+        StoreLocation::File(path) => {
+            let st = tokio::task::block_in_place(|| RedbStore::open(path))
+                .with_context(|| format!("opening the store {}", path.display()))?;
+            Arc::new(st)
+        }
+        StoreLocation::Redis(url) => {
+            let opts = RedisOptions {
+                prefix: config.store.redis_prefix.clone(),
+                timeout: Duration::from_millis(config.store.redis_timeout_ms.max(1)),
+                ..RedisOptions::default()
+            };
+            Arc::new(
+                RedisStore::open(url, opts)
+                    .with_context(|| format!("opening the Redis store {url}"))?,
+            )
+        }
+    })
 }
 
 fn socket_options(config: &Config) -> SocketOptions {
@@ -295,7 +343,13 @@ fn reload(args: &DaemonArgs, state: &Mutex<Loaded>, engine: &Engine) -> bool {
             let mut cur = lock(state);
             for (what, changed) in [
                 ("[milter]", cur.config.milter != new.config.milter),
-                ("[store]", cur.config.store.path != new.config.store.path),
+                (
+                    "[store]",
+                    cur.config.store.path != new.config.store.path
+                        || cur.config.store.redis != new.config.store.redis
+                        || cur.config.store.redis_prefix != new.config.store.redis_prefix
+                        || cur.config.store.redis_timeout_ms != new.config.store.redis_timeout_ms,
+                ),
                 ("[admin]", cur.config.admin != new.config.admin),
             ] {
                 if changed {
@@ -408,10 +462,13 @@ pub async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<()> {
     let loaded = load(&args).map_err(|e| anyhow!("configuration errors:\n{}", joined(&e)))?;
-    let path = store_path(&args, &loaded);
-    let store = tokio::task::block_in_place(|| RedbStore::open(&path))
-        .with_context(|| format!("opening the store {}", path.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let path = store_location(&args, &loaded);
+    let store = open_store(&path, &loaded.config)?;
+    if let StoreLocation::Redis(url) = &path
+        && let Err(e) = store.stats().await
+    {
+        warn!(store = %url, error = %e, "Redis is not reachable yet; failing open until it is");
+    }
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -460,7 +517,7 @@ pub async fn run(
     info!(
         milter = %milter_spec,
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        store = %path.display(),
+        store = %path,
         config = %loaded.file.as_deref().map_or_else(|| "built-in defaults".to_owned(), |f| f.display().to_string()),
         delay = p.delay,
         retry_window = p.retry_window,

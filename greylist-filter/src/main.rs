@@ -14,8 +14,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use greylist_filter::admin::{encode_query_value, request};
 use greylist_filter::cli::{Cli, Command};
-use greylist_filter::daemon::{self, Control};
-use greylist_filter::store::{RedbStore, Store};
+use greylist_filter::config::is_redis_url;
+use greylist_filter::daemon::{self, Control, StoreLocation, open_store};
+use greylist_filter::store::Store;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -238,9 +239,11 @@ async fn run_command(c: Command) -> anyhow::Result<ExitCode> {
             for w in &db.warnings {
                 eprintln!("{}:{}: {}", dump.display(), w.line, w.message);
             }
-            let st = tokio::task::block_in_place(|| RedbStore::open(&store))
-                .with_context(|| format!("opening the store {}", store.display()))?;
-            let st: Arc<dyn Store> = Arc::new(st);
+            let loc = match store.to_str().filter(|u| is_redis_url(u)) {
+                Some(u) => StoreLocation::Redis(u.to_owned()),
+                None => StoreLocation::File(store.clone()),
+            };
+            let st: Arc<dyn Store> = open_store(&loc, &cfg)?;
             let n = greylist_filter::import::import_into(
                 st.as_ref(),
                 &db,

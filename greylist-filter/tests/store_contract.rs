@@ -1,5 +1,7 @@
 //! The store contract suite run against every backend in this crate.
 
+mod common;
+
 use std::time::Duration;
 
 use greylist_filter::store::contract::run_all;
@@ -36,6 +38,30 @@ async fn redb_store_contract_with_buffered_writes() {
             ..RedbOptions::default()
         };
         async move { RedbStore::open_with(path, opts).unwrap() }
+    })
+    .await;
+}
+
+/// The Redis backend against a real `redis-server` on a loopback port; every case gets
+/// its own key prefix on one database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_contract() {
+    use greylist_filter::store::{RedisOptions, RedisStore};
+    let Some(bin) = common::redis_server::redis_binary("redis_store_contract") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::redis_server::RedisServer::start(&bin, dir.path());
+    let url = server.url(0);
+    let mut n = 0;
+    run_all(|| {
+        n += 1;
+        let opts = RedisOptions {
+            prefix: format!("contract{n}:"),
+            ..RedisOptions::default()
+        };
+        let url = url.clone();
+        async move { RedisStore::open(&url, opts).unwrap() }
     })
     .await;
 }

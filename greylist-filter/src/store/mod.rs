@@ -6,6 +6,8 @@
 //!   are group-committed by a background writer; passes are committed durably before
 //!   [`Store::apply`] returns.
 //! - [`MemoryStore`]: everything in a mutex-protected map; for tests and dry runs.
+//! - [`RedisStore`]: a Redis server shared by several daemons (`--store redis://…`);
+//!   atomic Lua-script updates, Redis TTLs, bounded timeouts so a dead Redis fails open.
 //!
 //! Every backend must pass the contract suite in `store::contract` (enabled by the
 //! `contract-tests` feature), which is written once as generic async functions.
@@ -28,12 +30,14 @@ use crate::tuple::Key;
 
 mod memory;
 mod redb_store;
+mod redis_store;
 
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 
 pub use memory::MemoryStore;
 pub use redb_store::{RedbOptions, RedbStore};
+pub use redis_store::{RedisOptions, RedisStore};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]

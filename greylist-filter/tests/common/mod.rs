@@ -12,6 +12,8 @@ use milter_client::{Client, ClientConfig, Message, MessageOutcome, Modification,
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub mod redis_server;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_greylist-filter");
 
 /// How long a daemon may take to come up or to do something it was asked to.
