@@ -30,13 +30,18 @@ struct Seen {
 
 struct Inspect;
 
-/// The macros visible now, as `name=value` pairs.
+/// The macros visible now, as `name=value` pairs. A name defined at
+/// several stages is shown once, with the value a filter would get.
 fn macros(ctx: &Context<'_>) -> String {
-    ctx.macros()
-        .iter()
-        .map(|(n, v)| format!("{}={}", show(&n), show(&v)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for (name, value) in ctx.macros().iter() {
+        if !seen.contains(&name) {
+            out.push(format!("{}={}", show(&name), show(&value)));
+            seen.push(name);
+        }
+    }
+    out.join(" ")
 }
 
 /// Text helpers: bytes from the wire are not always UTF-8.
