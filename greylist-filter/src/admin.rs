@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::decision_log::rfc5322_date;
 use crate::engine::{Engine, Explanation};
+use crate::identity::Identity;
 use crate::metrics::{DECISION_LABELS, LATENCY_BUCKETS, MetricsSnapshot};
 use crate::policy::Decision;
 use crate::record::{HostRecord, TupleRecord, TupleState};
@@ -252,6 +253,11 @@ pub fn describe(e: &Explanation, dry_run: bool) -> String {
     if dry_run && !e.decision.accepts() {
         s.push_str(" (dry run: it would be accepted anyway)");
     }
+    if let Identity::Spf { domain } = &e.identity {
+        s.push_str(&format!(
+            "; identity: SPF-authorised domain {domain} (not the client network)"
+        ));
+    }
     s
 }
 
@@ -278,6 +284,10 @@ pub fn explanation_json(
         "key": e.key.as_ref().map(|k| json!({
             "network": k.network(), "sender": k.sender(), "recipient": k.recipient(),
         })),
+        "identity": match &e.identity {
+            Identity::Network => json!({ "kind": "network" }),
+            Identity::Spf { domain } => json!({ "kind": "spf", "domain": domain }),
+        },
         "record": e.record.as_ref().map(tuple_json),
         "host": e.host.as_ref().map(host_json),
         "pending_in_network": e.pending_in_network,

@@ -219,6 +219,41 @@ pub struct Config {
     pub milter: MilterConfig,
     /// The admin (metrics and explain) listener.
     pub admin: AdminConfig,
+    /// Identities beyond the client network (SPF).
+    pub identity: IdentityConfig,
+    /// The DNS resolver (SPF).
+    pub dns: DnsConfig,
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Key tuples on the SPF-authorised MAIL FROM domain instead of the client network
+    /// when SPF passes, so retries from another address of the same sender's pool
+    /// match. Never a bypass. Default `false`. Changes need a restart.
+    pub spf: bool,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The DNS server to ask, `"IP:PORT"` (UDP and TCP). Default: the system's
+    /// resolvers (`/etc/resolv.conf`).
+    pub server: Option<std::net::SocketAddr>,
+    /// Upper bound of one SPF evaluation, in milliseconds; past it the client
+    /// network is the identity. Default 2000.
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            server: None,
+            timeout_ms: 2000,
+        }
+    }
 }
 
 /// `[greylist]`
@@ -732,6 +767,9 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
             "redis",
             format!("{url:?} is not a redis://, rediss:// or redis+unix:// URL"),
         );
+    }
+    if c.dns.timeout_ms == 0 {
+        err("dns", "timeout_ms", "timeout_ms must be at least 1".into());
     }
     if c.store.redis_timeout_ms == 0 {
         err(

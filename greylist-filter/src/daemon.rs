@@ -351,6 +351,8 @@ fn reload(args: &DaemonArgs, state: &Mutex<Loaded>, engine: &Engine) -> bool {
                         || cur.config.store.redis_timeout_ms != new.config.store.redis_timeout_ms,
                 ),
                 ("[admin]", cur.config.admin != new.config.admin),
+                ("[identity]", cur.config.identity != new.config.identity),
+                ("[dns]", cur.config.dns != new.config.dns),
             ] {
                 if changed {
                     warn!(

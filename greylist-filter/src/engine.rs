@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, FailMode};
 use crate::decision_log::{log_decision, rfc5322_date};
+use crate::identity::{Identity, SPF_SCOPE_PREFIX, SpfIdentity};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Params, PassReason, TempfailReason, decide, passes_at};
 use crate::record::{HostRecord, Snapshot, TupleRecord, TupleState};
@@ -91,6 +92,8 @@ pub struct Explanation {
     pub passes_at: Option<u64>,
     /// The time the explanation was computed for.
     pub now: u64,
+    /// The identity the tuple is keyed on.
+    pub identity: Identity,
 }
 
 #[derive(Debug)]
@@ -198,6 +201,7 @@ pub struct Engine {
     metrics: Metrics,
     hostname: String,
     cache: Option<PassCache>,
+    spf: Option<SpfIdentity>,
 }
 
 impl Engine {
@@ -210,13 +214,30 @@ impl Engine {
         clock: Arc<dyn Clock>,
         hostname: impl Into<String>,
     ) -> Result<Self, Vec<ConfigError>> {
+        let hostname = hostname.into();
+        let spf = if config.identity.spf {
+            match SpfIdentity::new(
+                config.dns.server,
+                std::time::Duration::from_millis(config.dns.timeout_ms.max(1)),
+                hostname.clone(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the DNS resolver; SPF identities off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Engine {
+            spf,
             settings: RwLock::new(Arc::new(Settings::from_config(config))),
             whitelist: Whitelist::new(config, config_path)?,
             store,
             clock,
             metrics: Metrics::default(),
-            hostname: hostname.into(),
+            hostname,
             cache: PassCache::new(config.store.cache_entries),
         })
     }
@@ -268,8 +289,9 @@ impl Engine {
                 None,
             ),
             (None, Some(ip)) => {
-                let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
-                let key = Key::new(&net, &normalize_sender(ctx.sender), &recipient);
+                let key = self
+                    .tuple_key(&s, ip, ctx.client_name, ctx.sender, &recipient)
+                    .await;
                 let d = self.decide_stored(&s, &key).await;
                 (d, Some(key))
             }
@@ -299,6 +321,26 @@ impl Engine {
             key,
             delayed,
         }
+    }
+
+    /// The tuple key: on the SPF-authorised MAIL FROM domain if `[identity] spf` is on
+    /// and SPF passes, else on the masked client network.
+    async fn tuple_key(
+        &self,
+        s: &Settings,
+        ip: IpAddr,
+        helo: Option<&str>,
+        sender: &str,
+        recipient: &str,
+    ) -> Key {
+        let norm = normalize_sender(sender);
+        if let Some(spf) = &self.spf
+            && let Some(domain) = spf.authorised_domain(ip, helo.unwrap_or(""), sender).await
+        {
+            return Key::with_scope(&format!("{SPF_SCOPE_PREFIX}{domain}"), &norm, recipient);
+        }
+        let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
+        Key::new(&net, &norm, recipient)
     }
 
     async fn decide_stored(&self, s: &Settings, key: &Key) -> Decision {
@@ -408,10 +450,11 @@ impl Engine {
                 pending_in_network: 0,
                 passes_at: Some(now),
                 now,
+                identity: Identity::Network,
             });
         }
-        let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
-        let key = Key::new(&net, &normalize_sender(sender), &rcpt);
+        let key = self.tuple_key(&s, ip, None, sender, &rcpt).await;
+        let identity = Identity::of_key(&key);
         let snap = self.store.lookup(&key).await?;
         let (decision, _) = decide(&s.params, None, &snap, now);
         let at = match decision {
@@ -427,6 +470,7 @@ impl Engine {
             pending_in_network: snap.pending_in_network,
             passes_at: at,
             now,
+            identity,
         })
     }
 

@@ -78,6 +78,7 @@ pub mod daemon;
 pub mod decision_log;
 pub mod engine;
 pub mod filter;
+pub mod identity;
 pub mod import;
 pub mod metrics;
 pub mod policy;

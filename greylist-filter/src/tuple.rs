@@ -308,6 +308,24 @@ impl Key {
         }
     }
 
+    /// Builds a key whose first part is another identity than a network, e.g.
+    /// `spf:example.com` (see [`crate::identity`]).
+    pub fn with_scope(scope: &str, sender: &str, recipient: &str) -> Key {
+        let mut buf = String::with_capacity(scope.len() + sender.len() + recipient.len() + 2);
+        push_clean(&mut buf, scope);
+        let net_end = buf.len();
+        buf.push(KEY_SEPARATOR);
+        push_clean(&mut buf, sender);
+        let sender_end = buf.len();
+        buf.push(KEY_SEPARATOR);
+        push_clean(&mut buf, recipient);
+        Key {
+            buf,
+            net_end,
+            sender_end,
+        }
+    }
+
     /// Builds the key for a raw tuple: masks `ip`, normalises sender and recipient.
     pub fn from_raw(ip: IpAddr, sender: &str, recipient: &str, v4: u8, v6: u8) -> Key {
         let net = mask(ip, v4, v6);

@@ -12,6 +12,7 @@ use milter_client::{Client, ClientConfig, Message, MessageOutcome, Modification,
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub mod dns;
 pub mod redis_server;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_greylist-filter");
