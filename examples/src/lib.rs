@@ -27,6 +27,13 @@ pub struct ListenArgs {
     /// Group of a unix socket.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Most connections served at once; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Close a connection after this many seconds without a packet
+    /// (libmilter's default is 7210).
+    #[arg(long, value_name = "SECONDS", default_value_t = 7210)]
+    pub idle_timeout: u64,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -88,6 +95,12 @@ where
     options.owner = args.socket_owner.clone();
     options.group = args.socket_group.clone();
     let listener = Listener::bind_with(&spec, &options).await?;
-    Server::new(factory).serve(listener, shutdown).await?;
+    let config = milter_server::Config::new()
+        .max_connections(args.max_connections)
+        .idle_timeout(std::time::Duration::from_secs(args.idle_timeout));
+    Server::new(factory)
+        .config(config)
+        .serve(listener, shutdown)
+        .await?;
     Ok(())
 }

@@ -150,6 +150,12 @@ impl Macros {
         })
     }
 
+    /// Copies the pairs into their own allocation, releasing the buffer
+    /// they were received in.
+    pub fn detach(&mut self) {
+        self.data = Bytes::copy_from_slice(&self.data);
+    }
+
     /// The raw NUL-separated pairs as received.
     pub fn raw(&self) -> &Bytes {
         &self.data
@@ -223,6 +229,15 @@ pub struct Connect {
 }
 
 impl Connect {
+    /// Copies the host name and socket path into their own allocations,
+    /// releasing the buffer they were received in.
+    pub fn detach(&mut self) {
+        self.hostname = Bytes::copy_from_slice(&self.hostname);
+        if let ConnectAddress::Unix(path) = &mut self.address {
+            *path = Bytes::copy_from_slice(path);
+        }
+    }
+
     /// The client's IP address, if it connected over IP.
     pub fn ip(&self) -> Option<IpAddr> {
         match &self.address {

@@ -44,7 +44,7 @@
 //! | [`frame`] | [`FrameDecoder`] cuts frames from a buffer, zero-copy, length checked before buffering |
 //! | [`command`] | [`Command`]: every `SMFIC_*` packet, decode and encode |
 //! | [`response`] | [`Response`]: every `SMFIR_*` packet, decode and encode |
-//! | [`negotiate`] | [`Actions`], [`ProtocolFlags`], [`negotiate()`] as libmilter computes it |
+//! | [`negotiate`](mod@negotiate) | [`Actions`], [`ProtocolFlags`], [`negotiate()`] as libmilter computes it |
 //! | [`macros`] | [`MacroStore`]: per-stage macros with libmilter's clearing and `{x}`/`x` aliasing |
 //! | [`reply`] | [`SmtpReply`]: validated 4xx/5xx replies, multi-line, `%` escaped |
 //! | [`session`] | [`Session`]: legal order, which commands expect replies, message boundaries |

@@ -36,6 +36,8 @@ fn slot(stage: u8) -> Option<usize> {
 #[derive(Debug, Clone, Default)]
 pub struct MacroStore {
     slots: [Option<Macros>; SLOTS],
+    /// Slots set since the last [`MacroStore::detach`].
+    fresh: [bool; SLOTS],
 }
 
 impl MacroStore {
@@ -46,8 +48,11 @@ impl MacroStore {
 
     /// Stores a macro packet (replacing the stage's previous set).
     pub fn set(&mut self, macros: Macros) {
-        if let Some(s) = slot(macros.stage).and_then(|i| self.slots.get_mut(i)) {
+        if let Some(i) = slot(macros.stage)
+            && let (Some(s), Some(fresh)) = (self.slots.get_mut(i), self.fresh.get_mut(i))
+        {
             *s = Some(macros);
+            *fresh = true;
         }
     }
 
@@ -62,6 +67,20 @@ impl MacroStore {
         };
         for s in self.slots.iter_mut().skip(from) {
             *s = None;
+        }
+    }
+
+    /// Copies every stored packet into its own allocation, so that the store
+    /// no longer keeps alive the (much larger) read buffers the packets
+    /// arrived in. A server calls this before a connection goes idle.
+    pub fn detach(&mut self) {
+        for (macros, fresh) in self.slots.iter_mut().zip(self.fresh.iter_mut()) {
+            if let Some(m) = macros
+                && *fresh
+            {
+                m.detach();
+            }
+            *fresh = false;
         }
     }
 

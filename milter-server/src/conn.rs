@@ -32,9 +32,10 @@ use crate::milter::{BoxError, Milter, Options, Stages, Status};
 /// and unix streams and for in-memory duplex pipes; wrap anything else in
 /// [`Plain`].
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Called after every read. On TCP this re-arms `TCP_QUICKACK`, so an
-    /// MTA that writes a packet needing no reply and then another does not
-    /// wait 40 ms for our delayed ACK.
+    /// Called after a read whose packets needed no reply (a reply would
+    /// carry the ACK). On TCP this re-arms `TCP_QUICKACK`, so an MTA that
+    /// writes a packet needing no reply and then another does not wait
+    /// 40 ms for our delayed ACK.
     fn after_read(&self) {}
 
     /// Waits until the stream is readable without reserving a buffer, so an
@@ -215,6 +216,7 @@ struct Conn<'c, M: Milter> {
     message_span: Span,
     queue_id_known: bool,
     out: BytesMut,
+    mods: BytesMut,
     body: BytesMut,
 }
 
@@ -394,7 +396,9 @@ impl<M: Milter> Conn<'_, M> {
                 }
                 None
             }
-            Command::Connect(c) => {
+            Command::Connect(mut c) => {
+                // Connection-level data outlives many read buffers: own it.
+                c.detach();
                 self.view.client = Some(c);
                 let ctx = self.view.ctx();
                 match (wants_callback, ctx.client) {
@@ -423,7 +427,9 @@ impl<M: Milter> Conn<'_, M> {
             Command::EndOfMessage(chunk) => {
                 let status = self.end_of_message(chunk, io).await?;
                 let response = self.status_to_response(status, true);
+                self.out.extend_from_slice(&self.mods);
                 self.out.extend_from_slice(&self.body);
+                self.mods.clear();
                 self.body.clear();
                 self.reply(&response)?;
                 self.message = None;
@@ -512,6 +518,7 @@ impl<M: Milter> Conn<'_, M> {
         let mut eom = EomContext {
             ctx: self.view.ctx(),
             out: &mut self.out,
+            mods: &mut self.mods,
             body: &mut self.body,
             io,
             max_payload: self.view.agreed.max_data_size,
@@ -523,6 +530,7 @@ impl<M: Milter> Conn<'_, M> {
             Ok(status) => status,
             Err(failure) => {
                 // Modifications of a failed callback are not sent.
+                self.mods.clear();
                 self.body.clear();
                 failed(self.config, self.id, "eom", failure)
             }
@@ -549,6 +557,8 @@ impl<M: Milter> Conn<'_, M> {
 
 /// The size a read buffer is given before a read.
 const READ_RESERVE: usize = 8 * 1024;
+/// The read buffer reserved between messages (macros, CONNECT, HELO, MAIL).
+const IDLE_READ_RESERVE: usize = 512;
 /// A read buffer larger than this is released once it is empty.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
@@ -577,6 +587,7 @@ pub(crate) async fn run<M: Milter, T: Transport>(
         message_span: Span::none(),
         queue_id_known: false,
         out: BytesMut::new(),
+        mods: BytesMut::new(),
         body: BytesMut::new(),
     };
     let result = tokio::select! {
@@ -587,16 +598,19 @@ pub(crate) async fn run<M: Milter, T: Transport>(
     match &result {
         Ok(Ended::Quit) => {}
         Ok(Ended::Shutdown) | Err(SessionError::Closed) => {
-            conn.lost().await;
+            Box::pin(conn.lost()).await;
         }
         Err(e) => {
             if !matches!(e, SessionError::Shutdown) {
                 warn!(conn = id, error = %e, "closing milter session");
             }
-            conn.lost().await;
+            Box::pin(conn.lost()).await;
         }
     }
-    let _ = io.shutdown().await;
+    if !matches!(result, Ok(Ended::Quit)) {
+        // Tell the MTA at once; after QUIT it closes by itself.
+        let _ = io.shutdown().await;
+    }
     match result {
         Ok(_) | Err(SessionError::Closed) => Ok(()),
         Err(e) => Err(e),
@@ -619,57 +633,82 @@ async fn serve<M: Milter, T: Transport>(
     let config = conn.config;
     let mut decoder = FrameDecoder::new(config.max_inbound_frame);
     let mut buf = BytesMut::new();
-    // One idle timer for the whole session, re-armed before each wait.
-    let idle_timer = tokio::time::sleep(config.idle_timeout);
+    // One idle timer for the session. Activity only moves `deadline`; the
+    // timer is re-armed when it fires before the deadline it guards.
+    let mut deadline = tokio::time::Instant::now() + config.idle_timeout;
+    let idle_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(idle_timer);
+    let shutdown = graceful.cancelled();
+    tokio::pin!(shutdown);
     loop {
         // Every whole frame in the buffer, then one write for all replies.
         while let Some(frame) = decoder.decode(&mut buf)? {
             let command = Command::decode(&frame)?;
+            drop(frame);
             if matches!(command, Command::Mail(_)) {
                 conn.message_span = info_span!("message", queue_id = tracing::field::Empty);
                 conn.queue_id_known = false;
             }
-            debug!(conn = conn.id, command = %char::from(frame.code), len = frame.payload.len(), "received");
+            debug!(conn = conn.id, command = %char::from(command.code()), "received");
             let span = conn.message_span.clone();
-            let flow = conn.handle(command, io).instrument(span).await?;
+            // Boxed: the command future is large and would otherwise sit
+            // in every idle connection's task.
+            let flow = Box::pin(conn.handle(command, io).instrument(span)).await?;
             if !conn.session.in_message() {
                 conn.message_span = Span::none();
             }
-            match flow {
-                Flow::Continue => {}
-                Flow::Quit => {
-                    flush(conn, io).await?;
-                    return Ok(Ended::Quit);
-                }
+            if let Flow::Quit = flow {
+                flush(conn, io).await?;
+                return Ok(Ended::Quit);
             }
         }
-        flush(conn, io).await?;
-        let idle = !conn.session.in_message() && conn.session.pending_reply().is_none();
-        if idle && graceful.is_cancelled() {
+        let wrote = flush(conn, io).await?;
+        let between_messages = !conn.session.in_message() && conn.session.pending_reply().is_none();
+        if between_messages && graceful.is_cancelled() {
             debug!(conn = conn.id, "closing idle session for shutdown");
             return Ok(Ended::Shutdown);
         }
-        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        if !wrote {
+            // Nothing of ours carries the ACK of what we read: send it now.
+            io.after_read();
+        }
+        if buf.is_empty() && (between_messages || buf.capacity() > SHRINK_ABOVE) {
+            // Between messages an idle connection keeps no read buffer; the
+            // macros it still needs are copied out of it first.
+            conn.view.macros.detach();
             buf = BytesMut::new();
         }
         let wait = async {
-            if buf.is_empty() {
+            if buf.is_empty() && between_messages {
                 std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
             }
-            if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-                buf.reserve(READ_RESERVE);
+            let reserve = if between_messages {
+                IDLE_READ_RESERVE
+            } else {
+                READ_RESERVE
+            };
+            if buf.capacity() - buf.len() < reserve / 2 {
+                buf.reserve(reserve);
             }
             io.read_buf(&mut buf).await
         };
-        idle_timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + config.idle_timeout);
-        let n = tokio::select! {
-            biased;
-            r = wait => r?,
-            () = graceful.cancelled(), if idle => continue,
-            () = idle_timer.as_mut() => return Err(SessionError::IdleTimeout(config.idle_timeout)),
+        tokio::pin!(wait);
+        deadline = tokio::time::Instant::now() + config.idle_timeout;
+        let n = loop {
+            tokio::select! {
+                biased;
+                r = &mut wait => break r?,
+                () = &mut shutdown, if between_messages => {
+                    debug!(conn = conn.id, "closing idle session for shutdown");
+                    return Ok(Ended::Shutdown);
+                }
+                () = &mut idle_timer => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(SessionError::IdleTimeout(config.idle_timeout));
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                }
+            }
         };
         if n == 0 {
             return if buf.is_empty() && conn.session.is_closed() {
@@ -680,29 +719,45 @@ async fn serve<M: Milter, T: Transport>(
                 Err(SessionError::TruncatedFrame)
             };
         }
-        io.after_read();
     }
 }
 
+/// Writes the replies of a turn; tells whether anything was written.
 async fn flush<M: Milter, T: Transport>(
     conn: &mut Conn<'_, M>,
     io: &mut T,
-) -> Result<(), SessionError> {
+) -> Result<bool, SessionError> {
     if conn.out.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    let limit = conn.config.write_timeout;
-    let write = async {
-        io.write_all(&conn.out).await?;
-        io.flush().await
+    // A socket with room takes the whole turn at once: no timer for that.
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(
+            match std::pin::Pin::new(&mut *io).poll_write(cx, &conn.out) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            },
+        )
+    })
+    .await;
+    let written = match first {
+        Some(Ok(0)) => return Err(SessionError::Io(io::ErrorKind::WriteZero.into())),
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return Err(e.into()),
+        None => 0,
     };
-    match tokio::time::timeout(limit, write).await {
-        Err(_) => return Err(SessionError::WriteTimeout(limit)),
-        Ok(r) => r?,
+    if written < conn.out.len() {
+        let limit = conn.config.write_timeout;
+        let rest = conn.out.get(written..).unwrap_or_default();
+        match tokio::time::timeout(limit, io.write_all(rest)).await {
+            Err(_) => return Err(SessionError::WriteTimeout(limit)),
+            Ok(r) => r?,
+        }
     }
+    io.flush().await?;
     conn.out.clear();
     if conn.out.capacity() > SHRINK_ABOVE {
         conn.out = BytesMut::new();
     }
-    Ok(())
+    Ok(true)
 }

@@ -92,10 +92,14 @@ impl<'a> Context<'a> {
 /// The end-of-message context: everything [`Context`] offers plus every
 /// modification. Modifications are sent, in the order made, just before the
 /// final reply and in the same write; body replacement chunks go last and
-/// contiguous, as Postfix requires.
+/// contiguous, as Postfix requires. If the callback fails, none is sent.
 pub struct EomContext<'a> {
     pub(crate) ctx: Context<'a>,
+    /// Replies of this turn not yet written (to commands before EOM).
     pub(crate) out: &'a mut BytesMut,
+    /// Encoded modifications, sent with the final reply.
+    pub(crate) mods: &'a mut BytesMut,
+    /// Encoded body replacement chunks, sent after the other modifications.
     pub(crate) body: &'a mut BytesMut,
     pub(crate) io: &'a mut (dyn AsyncWrite + Unpin + Send),
     pub(crate) max_payload: usize,
@@ -128,7 +132,7 @@ impl EomContext<'_> {
                 action: action.libmilter_name().unwrap_or("SMFIF_*"),
             });
         }
-        response.encode(self.out, self.max_payload)?;
+        response.encode(self.mods, self.max_payload)?;
         self.modifications += 1;
         Ok(())
     }
@@ -257,7 +261,8 @@ impl EomContext<'_> {
     }
 
     /// Tells the MTA the filter is still working, restarting its timeout
-    /// (`SMFIR_PROGRESS`). Sent at once, with any modifications made so far.
+    /// (`SMFIR_PROGRESS`). Sent at once; modifications stay with the final
+    /// reply, so a callback that fails after this sends none.
     #[doc(alias = "smfi_progress")]
     pub async fn progress(&mut self) -> Result<(), ActionError> {
         Response::Progress.encode(self.out, self.max_payload)?;
