@@ -249,7 +249,11 @@ pub fn describe(e: &Explanation, dry_run: bool) -> String {
             "an attempt now is tempfailed without being recorded: {}",
             e.decision.reason()
         ),
+        Decision::Reject(_) => format!("an attempt now is rejected: {}", e.decision.reason()),
     };
+    for f in &e.factors {
+        s.push_str(&format!("; {f}"));
+    }
     if dry_run && !e.decision.accepts() {
         s.push_str(" (dry run: it would be accepted anyway)");
     }
@@ -284,6 +288,7 @@ pub fn explanation_json(
         "key": e.key.as_ref().map(|k| json!({
             "network": k.network(), "sender": k.sender(), "recipient": k.recipient(),
         })),
+        "factors": e.factors,
         "identity": match &e.identity {
             Identity::Network => json!({ "kind": "network" }),
             Identity::Spf { domain } => json!({ "kind": "spf", "domain": domain }),

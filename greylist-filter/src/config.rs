@@ -242,9 +242,34 @@ pub struct DnsConfig {
     /// The DNS server to ask, `"IP:PORT"` (UDP and TCP). Default: the system's
     /// resolvers (`/etc/resolv.conf`).
     pub server: Option<std::net::SocketAddr>,
-    /// Upper bound of one SPF evaluation, in milliseconds; past it the client
-    /// network is the identity. Default 2000.
+    /// Upper bound of one SPF evaluation or DNS lookup, in milliseconds; past it the
+    /// answer counts as absent. Default 2000.
     pub timeout_ms: u64,
+    /// DNS allow lists (e.g. `"list.dnswl.org"`): a listed client is not greylisted.
+    pub dnswl: Vec<String>,
+    /// DNS block lists (e.g. `"zen.spamhaus.org"`): a listed client gets
+    /// `dnsbl_action`.
+    pub dnsbl: Vec<String>,
+    /// `"delay"` (default): greylist a listed client with `dnsbl_delay` instead of
+    /// the normal delay; `"reject"`: reject it (550 5.7.1).
+    pub dnsbl_action: DnsblAction,
+    /// The delay for clients on a DNS block list. Default `"30m"`.
+    pub dnsbl_delay: Seconds,
+    /// Use only the forward-confirmed reverse DNS name of the client (PTR, then its
+    /// A/AAAA must contain the address) for host and domain whitelists, instead of
+    /// the name the MTA passes. Default `false`.
+    pub fcrdns: bool,
+}
+
+/// What happens to a client on a DNS block list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsblAction {
+    /// Greylist with `[dns] dnsbl_delay`.
+    #[default]
+    Delay,
+    /// Reject with 550 5.7.1.
+    Reject,
 }
 
 impl Default for DnsConfig {
@@ -252,6 +277,11 @@ impl Default for DnsConfig {
         DnsConfig {
             server: None,
             timeout_ms: 2000,
+            dnswl: Vec::new(),
+            dnsbl: Vec::new(),
+            dnsbl_action: DnsblAction::Delay,
+            dnsbl_delay: Seconds(1800),
+            fcrdns: false,
         }
     }
 }
@@ -368,7 +398,8 @@ pub struct WhitelistConfig {
     /// Client networks that are not greylisted.
     pub networks: Vec<Cidr>,
     /// Client host names or domains (a domain also matches its subdomains), as reported
-    /// by the MTA (`{client_name}`).
+    /// by the MTA (`{client_name}`), or only the forward-confirmed name with
+    /// `[dns] fcrdns = true`.
     pub hosts: Vec<String>,
     /// Sender addresses (`user@example.com`) or domains (`example.com`, `@example.com`).
     /// Senders are forgeable: prefer network or host entries.

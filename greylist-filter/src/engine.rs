@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::clock::Clock;
+use crate::config::DnsblAction;
 use crate::config::{Config, ConfigError, FailMode};
 use crate::decision_log::{log_decision, rfc5322_date};
+use crate::dnslists::DnsFacts;
 use crate::identity::{Identity, SPF_SCOPE_PREFIX, SpfIdentity};
 use crate::metrics::Metrics;
+use crate::policy::RejectReason;
 use crate::policy::{Decision, Params, PassReason, TempfailReason, decide, passes_at};
 use crate::record::{HostRecord, Snapshot, TupleRecord, TupleState};
 use crate::store::{ExpireReport, Store, StoreError};
@@ -58,6 +61,8 @@ pub enum Action {
     Continue,
     /// Reply with this temporary failure.
     Tempfail(Arc<SmtpReply>),
+    /// Reply with this permanent failure (DNS block list, `dnsbl_action = "reject"`).
+    Reject(Arc<SmtpReply>),
 }
 
 /// The result of [`Engine::check_rcpt`].
@@ -94,6 +99,8 @@ pub struct Explanation {
     pub now: u64,
     /// The identity the tuple is keyed on.
     pub identity: Identity,
+    /// DNS facts that shaped the decision, e.g. `listed on bl.test: delay 1800 s`.
+    pub factors: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -202,6 +209,26 @@ pub struct Engine {
     hostname: String,
     cache: Option<PassCache>,
     spf: Option<SpfIdentity>,
+    dns: Option<DnsLists>,
+}
+
+/// The `[dns]` list settings with their resolver.
+#[derive(Debug)]
+struct DnsLists {
+    facts: DnsFacts,
+    dnswl: Vec<String>,
+    dnsbl: Vec<String>,
+    action: DnsblAction,
+    dnsbl_delay: u64,
+    fcrdns: bool,
+    reject: Arc<SmtpReply>,
+}
+
+/// What the DNS lists say about a client.
+#[derive(Debug, Default)]
+struct ListFacts {
+    dnswl: Option<String>,
+    dnsbl: Option<String>,
 }
 
 impl Engine {
@@ -230,8 +257,33 @@ impl Engine {
         } else {
             None
         };
+        let d = &config.dns;
+        let dns = if d.dnswl.is_empty() && d.dnsbl.is_empty() && !d.fcrdns {
+            None
+        } else {
+            match DnsFacts::new(d) {
+                Ok(facts) => Some(DnsLists {
+                    facts,
+                    dnswl: d.dnswl.clone(),
+                    dnsbl: d.dnsbl.clone(),
+                    action: d.dnsbl_action,
+                    dnsbl_delay: d.dnsbl_delay.0,
+                    fcrdns: d.fcrdns,
+                    reject: Arc::new(SmtpReply {
+                        code: 550,
+                        status: "5.7.1".to_owned(),
+                        text: "Client address listed on a DNS block list".to_owned(),
+                    }),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the DNS resolver; DNS lists off");
+                    None
+                }
+            }
+        };
         Ok(Engine {
             spf,
+            dns,
             settings: RwLock::new(Arc::new(Settings::from_config(config))),
             whitelist: Whitelist::new(config, config_path)?,
             store,
@@ -274,9 +326,17 @@ impl Engine {
     pub async fn check_rcpt(&self, ctx: &RcptContext<'_>) -> RcptOutcome {
         let s = self.settings();
         let recipient = normalize_recipient(ctx.recipient);
+        let verified = match (&self.dns, ctx.client_addr) {
+            (Some(d), Some(ip)) if d.fcrdns => d.facts.fcrdns(ip).await,
+            _ => None,
+        };
+        let client_name = match &self.dns {
+            Some(d) if d.fcrdns => verified.as_deref(),
+            _ => ctx.client_name,
+        };
         let subject = Subject {
             client_ip: ctx.client_addr,
-            client_name: ctx.client_name,
+            client_name,
             auth_authen: ctx.auth_authen,
             sender: ctx.sender,
             recipient: &recipient,
@@ -289,11 +349,18 @@ impl Engine {
                 None,
             ),
             (None, Some(ip)) => {
-                let key = self
-                    .tuple_key(&s, ip, ctx.client_name, ctx.sender, &recipient)
-                    .await;
-                let d = self.decide_stored(&s, &key).await;
-                (d, Some(key))
+                let lists = self.list_facts(ip).await;
+                match self.list_decision(&lists) {
+                    Some(d) => (d, None),
+                    None => {
+                        let key = self
+                            .tuple_key(&s, ip, client_name, ctx.sender, &recipient)
+                            .await;
+                        let params = self.params_for(&s, &lists);
+                        let d = self.decide_stored(&s, &params, &key).await;
+                        (d, Some(key))
+                    }
+                }
             }
         };
         self.metrics.record_decision(&decision);
@@ -308,6 +375,8 @@ impl Engine {
         );
         let action = if decision.accepts() || s.dry_run {
             Action::Continue
+        } else if let (Decision::Reject(_), Some(d)) = (decision, &self.dns) {
+            Action::Reject(Arc::clone(&d.reject))
         } else {
             Action::Tempfail(Arc::clone(&s.reply))
         };
@@ -321,6 +390,57 @@ impl Engine {
             key,
             delayed,
         }
+    }
+
+    /// DNS list lookups for `ip` (none unless configured).
+    async fn list_facts(&self, ip: IpAddr) -> ListFacts {
+        let Some(d) = &self.dns else {
+            return ListFacts::default();
+        };
+        let dnswl = d.facts.first_listing(ip, &d.dnswl).await.map(str::to_owned);
+        let dnsbl = if dnswl.is_none() {
+            d.facts.first_listing(ip, &d.dnsbl).await.map(str::to_owned)
+        } else {
+            None
+        };
+        ListFacts { dnswl, dnsbl }
+    }
+
+    /// A decision the DNS lists make on their own: allow list → bypass, block list with
+    /// `reject` → reject.
+    fn list_decision(&self, f: &ListFacts) -> Option<Decision> {
+        if f.dnswl.is_some() {
+            return Some(Decision::Bypass(crate::policy::BypassReason::Dnswl));
+        }
+        match (&self.dns, &f.dnsbl) {
+            (Some(d), Some(_)) if d.action == DnsblAction::Reject => {
+                Some(Decision::Reject(RejectReason::Dnsbl))
+            }
+            _ => None,
+        }
+    }
+
+    /// The policy parameters for this client: the DNS block list delay if listed.
+    fn params_for(&self, s: &Settings, f: &ListFacts) -> Params {
+        let mut p = s.params;
+        if let (Some(d), Some(_)) = (&self.dns, &f.dnsbl) {
+            p.delay = p.delay.max(d.dnsbl_delay);
+        }
+        p
+    }
+
+    fn factors(&self, f: &ListFacts, params: &Params) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(z) = &f.dnswl {
+            v.push(format!("listed on the DNS allow list {z}: not greylisted"));
+        }
+        if let Some(z) = &f.dnsbl {
+            v.push(match self.dns.as_ref().map(|d| d.action) {
+                Some(DnsblAction::Reject) => format!("listed on the DNS block list {z}: rejected"),
+                _ => format!("listed on the DNS block list {z}: delay {} s", params.delay),
+            });
+        }
+        v
     }
 
     /// The tuple key: on the SPF-authorised MAIL FROM domain if `[identity] spf` is on
@@ -343,7 +463,7 @@ impl Engine {
         Key::new(&net, &norm, recipient)
     }
 
-    async fn decide_stored(&self, s: &Settings, key: &Key) -> Decision {
+    async fn decide_stored(&self, s: &Settings, params: &Params, key: &Key) -> Decision {
         let now = self.clock.now();
         if let Some(cache) = &self.cache
             && let Some(rec) = cache.get(key)
@@ -354,7 +474,7 @@ impl Engine {
                     host: None,
                     pending_in_network: 0,
                 };
-                let (decision, updates) = decide(&s.params, None, &snap, now);
+                let (decision, updates) = decide(params, None, &snap, now);
                 if let Some(w) = updates.tuple {
                     let t = Instant::now();
                     let r = self.store.apply(key, &updates).await;
@@ -378,7 +498,7 @@ impl Engine {
             Ok(snap) => snap,
             Err(e) => return self.store_failed(s, key, &e),
         };
-        let (decision, updates) = decide(&s.params, None, &snap, now);
+        let (decision, updates) = decide(params, None, &snap, now);
         if !updates.is_empty() {
             let t = Instant::now();
             let r = self.store.apply(key, &updates).await;
@@ -441,26 +561,37 @@ impl Engine {
             sender,
             recipient: &rcpt,
         };
+        let bypassed = |decision, factors| Explanation {
+            decision,
+            key: None,
+            record: None,
+            host: None,
+            pending_in_network: 0,
+            passes_at: match decision {
+                Decision::Reject(_) => None,
+                _ => Some(now),
+            },
+            now,
+            identity: Identity::Network,
+            factors,
+        };
         if let Some(b) = self.whitelist.check(&subject) {
-            return Ok(Explanation {
-                decision: Decision::Bypass(b),
-                key: None,
-                record: None,
-                host: None,
-                pending_in_network: 0,
-                passes_at: Some(now),
-                now,
-                identity: Identity::Network,
-            });
+            return Ok(bypassed(Decision::Bypass(b), Vec::new()));
+        }
+        let lists = self.list_facts(ip).await;
+        let params = self.params_for(&s, &lists);
+        let factors = self.factors(&lists, &params);
+        if let Some(d) = self.list_decision(&lists) {
+            return Ok(bypassed(d, factors));
         }
         let key = self.tuple_key(&s, ip, None, sender, &rcpt).await;
         let identity = Identity::of_key(&key);
         let snap = self.store.lookup(&key).await?;
-        let (decision, _) = decide(&s.params, None, &snap, now);
+        let (decision, _) = decide(&params, None, &snap, now);
         let at = match decision {
             Decision::Greylist { retry_after, .. } => Some(now.saturating_add(retry_after)),
-            Decision::Tempfail(_) => None,
-            _ => passes_at(&s.params, &snap, now),
+            Decision::Tempfail(_) | Decision::Reject(_) => None,
+            _ => passes_at(&params, &snap, now),
         };
         Ok(Explanation {
             decision,
@@ -471,6 +602,7 @@ impl Engine {
             passes_at: at,
             now,
             identity,
+            factors,
         })
     }
 

@@ -87,12 +87,13 @@ fn client_name(ctx: &Context<'_>) -> Option<String> {
         .or_else(|| ctx.client().map(|c| text(&c.hostname)))
 }
 
-/// The SMTP reply for a tempfailed recipient.
+/// The SMTP reply for a tempfailed (4xx) or rejected (5xx) recipient.
 fn tempfail_status(reply: &crate::engine::SmtpReply) -> Status {
     match SmtpReply::new(reply.code, Some(&reply.status), &reply.text) {
         Ok(r) => Status::Reply(r),
         // The configuration is validated; should the text still be refused, the MTA's
-        // own 4xx is the next best answer.
+        // own reply is the next best answer.
+        Err(_) if reply.code >= 500 => Status::Reject,
         Err(_) => Status::Tempfail,
     }
 }
@@ -150,7 +151,7 @@ impl Milter for Greylist {
                 }
                 Ok(Status::Continue)
             }
-            Action::Tempfail(reply) => Ok(tempfail_status(&reply)),
+            Action::Tempfail(reply) | Action::Reject(reply) => Ok(tempfail_status(&reply)),
         }
     }
 

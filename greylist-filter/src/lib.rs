@@ -76,6 +76,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decision_log;
+pub mod dnslists;
 pub mod engine;
 pub mod filter;
 pub mod identity;

@@ -4,10 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::policy::{BypassReason, Decision, GreylistReason, PassReason, TempfailReason};
+use crate::policy::{
+    BypassReason, Decision, GreylistReason, PassReason, RejectReason, TempfailReason,
+};
 
 /// Every (outcome, reason) label pair, in counter order.
-pub const DECISION_LABELS: [(&str, &str); 22] = [
+pub const DECISION_LABELS: [(&str, &str); 24] = [
     ("pass", "delay_met"),
     ("pass", "auto_whitelisted"),
     ("pass", "host_trusted"),
@@ -30,6 +32,8 @@ pub const DECISION_LABELS: [(&str, &str); 22] = [
     ("bypass", "whitelist_regex"),
     ("bypass", "opt_out"),
     ("bypass", "not_opted_in"),
+    ("bypass", "dnswl"),
+    ("reject", "dnsbl"),
 ];
 
 /// Upper bounds of the store latency buckets; the last bucket is everything above.
@@ -68,7 +72,9 @@ fn index(d: &Decision) -> usize {
             BypassReason::Regex => 19,
             BypassReason::OptOut => 20,
             BypassReason::NotOptedIn => 21,
+            BypassReason::Dnswl => 22,
         },
+        Decision::Reject(RejectReason::Dnsbl) => 23,
     }
 }
 
@@ -220,6 +226,8 @@ mod tests {
             Decision::Bypass(BypassReason::Regex),
             Decision::Bypass(BypassReason::OptOut),
             Decision::Bypass(BypassReason::NotOptedIn),
+            Decision::Bypass(BypassReason::Dnswl),
+            Decision::Reject(RejectReason::Dnsbl),
         ];
         for (i, d) in samples.iter().enumerate() {
             assert_eq!(index(d), i);

@@ -121,6 +121,15 @@ pub enum BypassReason {
     OptOut,
     /// Opt-in mode is on and the recipient did not opt in.
     NotOptedIn,
+    /// The client is on a DNS allow list (`[dns] dnswl`).
+    Dnswl,
+}
+
+/// Why a recipient was rejected outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The client is on a DNS block list and `[dns] dnsbl_action = "reject"`.
+    Dnsbl,
 }
 
 /// The outcome for one recipient.
@@ -139,6 +148,8 @@ pub enum Decision {
     Tempfail(TempfailReason),
     /// Greylisting does not apply.
     Bypass(BypassReason),
+    /// Reject the recipient (550 5.7.1).
+    Reject(RejectReason),
 }
 
 impl Decision {
@@ -154,6 +165,7 @@ impl Decision {
             Decision::Greylist { .. } => "greylist",
             Decision::Tempfail(_) => "tempfail",
             Decision::Bypass(_) => "bypass",
+            Decision::Reject(_) => "reject",
         }
     }
 
@@ -189,7 +201,9 @@ impl Decision {
                 BypassReason::Regex => "whitelist_regex",
                 BypassReason::OptOut => "opt_out",
                 BypassReason::NotOptedIn => "not_opted_in",
+                BypassReason::Dnswl => "dnswl",
             },
+            Decision::Reject(RejectReason::Dnsbl) => "dnsbl",
         }
     }
 }

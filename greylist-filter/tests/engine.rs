@@ -62,7 +62,7 @@ async fn lifecycle(store: Arc<dyn Store>) {
             assert!(r.text.to_lowercase().contains("greylist"));
             assert!(!r.text.chars().any(|c| c.is_ascii_digit()), "no countdown");
         }
-        Action::Continue => panic!("new tuple must be tempfailed"),
+        Action::Continue | Action::Reject(_) => panic!("new tuple must be tempfailed"),
     }
     let key = out.key.clone().unwrap();
     assert_eq!(key.network(), "198.51.100.0/24");
