@@ -309,6 +309,9 @@ pub struct GreylistConfig {
     pub fail_open: FailMode,
     /// Decide and log, but never tempfail (learning mode). Default false.
     pub dry_run: bool,
+    /// Risk-scaled delay: `"strict"`, `"balanced"` (default: the delay for everyone)
+    /// or `"lenient"`; see [`crate::risk`].
+    pub risk: crate::risk::Preset,
 }
 
 impl Default for GreylistConfig {
@@ -323,6 +326,7 @@ impl Default for GreylistConfig {
             max_pending_per_network: p.max_pending_per_network,
             fail_open: FailMode::Pass,
             dry_run: false,
+            risk: crate::risk::Preset::Balanced,
         }
     }
 }

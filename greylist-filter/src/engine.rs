@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::policy::RejectReason;
 use crate::policy::{Decision, Params, PassReason, TempfailReason, decide, passes_at};
 use crate::record::{HostRecord, Snapshot, TupleRecord, TupleState};
+use crate::risk::{Evidence, Preset, ReverseDns, Spf, is_generic_name, scale};
 use crate::store::{ExpireReport, Store, StoreError};
 use crate::tuple::{Key, mask, normalize_recipient, normalize_sender};
 use crate::whitelist::{Subject, Whitelist};
@@ -113,6 +114,7 @@ struct Settings {
     reply: Arc<SmtpReply>,
     header: Option<String>,
     expire_batch: usize,
+    risk: Preset,
 }
 
 impl Settings {
@@ -130,6 +132,7 @@ impl Settings {
             }),
             header: c.header.enabled.then(|| c.header.name.clone()),
             expire_batch: c.store.expire_batch,
+            risk: c.greylist.risk,
         }
     }
 }
@@ -258,7 +261,11 @@ impl Engine {
             None
         };
         let d = &config.dns;
-        let dns = if d.dnswl.is_empty() && d.dnsbl.is_empty() && !d.fcrdns {
+        let dns = if d.dnswl.is_empty()
+            && d.dnsbl.is_empty()
+            && !d.fcrdns
+            && config.greylist.risk == Preset::Balanced
+        {
             None
         } else {
             match DnsFacts::new(d) {
@@ -353,11 +360,14 @@ impl Engine {
                 match self.list_decision(&lists) {
                     Some(d) => (d, None),
                     None => {
-                        let key = self
+                        let (key, spf) = self
                             .tuple_key(&s, ip, client_name, ctx.sender, &recipient)
                             .await;
                         let params = self.params_for(&s, &lists);
-                        let d = self.decide_stored(&s, &params, &key).await;
+                        let evidence = self
+                            .evidence(&s, ip, &lists, spf, verified.as_deref())
+                            .await;
+                        let d = self.decide_stored(&s, &params, &evidence, &key).await;
                         (d, Some(key))
                     }
                 }
@@ -444,7 +454,7 @@ impl Engine {
     }
 
     /// The tuple key: on the SPF-authorised MAIL FROM domain if `[identity] spf` is on
-    /// and SPF passes, else on the masked client network.
+    /// and SPF passes, else on the masked client network; and the SPF verdict.
     async fn tuple_key(
         &self,
         s: &Settings,
@@ -452,18 +462,78 @@ impl Engine {
         helo: Option<&str>,
         sender: &str,
         recipient: &str,
-    ) -> Key {
+    ) -> (Key, Spf) {
         let norm = normalize_sender(sender);
-        if let Some(spf) = &self.spf
-            && let Some(domain) = spf.authorised_domain(ip, helo.unwrap_or(""), sender).await
-        {
-            return Key::with_scope(&format!("{SPF_SCOPE_PREFIX}{domain}"), &norm, recipient);
+        let mut verdict = Spf::Other;
+        if let Some(spf) = &self.spf {
+            let (v, domain) = spf.evaluate(ip, helo.unwrap_or(""), sender).await;
+            verdict = v;
+            if let Some(domain) = domain {
+                let key = Key::with_scope(&format!("{SPF_SCOPE_PREFIX}{domain}"), &norm, recipient);
+                return (key, verdict);
+            }
         }
         let net = mask(ip, s.ipv4_prefix, s.ipv6_prefix);
-        Key::new(&net, &norm, recipient)
+        (Key::new(&net, &norm, recipient), verdict)
     }
 
-    async fn decide_stored(&self, s: &Settings, params: &Params, key: &Key) -> Decision {
+    /// The evidence for the risk preset known before the store lookup. Reverse DNS is
+    /// only looked up when the preset is not `balanced` (or reused from FCrDNS).
+    async fn evidence(
+        &self,
+        s: &Settings,
+        ip: IpAddr,
+        lists: &ListFacts,
+        spf: Spf,
+        verified: Option<&str>,
+    ) -> Evidence {
+        let mut e = Evidence {
+            dnswl: lists.dnswl.is_some(),
+            dnsbl: lists.dnsbl.is_some(),
+            spf,
+            ..Evidence::default()
+        };
+        if let Some(d) = &self.dns
+            && s.risk != Preset::Balanced
+        {
+            let name = match verified {
+                Some(n) => Some(n.to_owned()),
+                None => d.facts.fcrdns(ip).await,
+            };
+            e.rdns = match name {
+                None => ReverseDns::Missing,
+                Some(n) if is_generic_name(&n, ip) => ReverseDns::Generic,
+                Some(_) => ReverseDns::Named,
+            };
+        }
+        e
+    }
+
+    /// `params` with the delay scaled by the risk preset for `evidence` and the stored
+    /// host record; the factors.
+    fn scaled(
+        s: &Settings,
+        params: &Params,
+        evidence: &Evidence,
+        snap: &Snapshot,
+        now: u64,
+    ) -> (Params, Vec<&'static str>) {
+        let mut e = *evidence;
+        e.host_trusted = snap.host.is_some_and(|h| h.trusted_until > now);
+        e.spf_history = e.spf == Spf::Pass && snap.host.is_some_and(|h| h.passed_tuples > 0);
+        let (delay, factors) = scale(s.risk, params.delay, params.retry_window / 2, &e);
+        let mut p = *params;
+        p.delay = delay;
+        (p, factors)
+    }
+
+    async fn decide_stored(
+        &self,
+        s: &Settings,
+        params: &Params,
+        evidence: &Evidence,
+        key: &Key,
+    ) -> Decision {
         let now = self.clock.now();
         if let Some(cache) = &self.cache
             && let Some(rec) = cache.get(key)
@@ -498,7 +568,11 @@ impl Engine {
             Ok(snap) => snap,
             Err(e) => return self.store_failed(s, key, &e),
         };
-        let (decision, updates) = decide(params, None, &snap, now);
+        let (params, _) = Self::scaled(s, params, evidence, &snap, now);
+        let (decision, updates) = decide(&params, None, &snap, now);
+        if params.delay == 0 && matches!(decision, Decision::Greylist { .. }) {
+            return Decision::Pass(PassReason::LowRisk);
+        }
         if !updates.is_empty() {
             let t = Instant::now();
             let r = self.store.apply(key, &updates).await;
@@ -584,10 +658,24 @@ impl Engine {
         if let Some(d) = self.list_decision(&lists) {
             return Ok(bypassed(d, factors));
         }
-        let key = self.tuple_key(&s, ip, None, sender, &rcpt).await;
+        let (key, spf) = self.tuple_key(&s, ip, None, sender, &rcpt).await;
         let identity = Identity::of_key(&key);
+        let evidence = self.evidence(&s, ip, &lists, spf, None).await;
         let snap = self.store.lookup(&key).await?;
-        let (decision, _) = decide(&params, None, &snap, now);
+        let (params, risk) = Self::scaled(&s, &params, &evidence, &snap, now);
+        let mut factors = factors;
+        if !risk.is_empty() {
+            factors.push(format!(
+                "risk preset {:?}: {} -> delay {} s",
+                s.risk,
+                risk.join(", "),
+                params.delay
+            ));
+        }
+        let (mut decision, _) = decide(&params, None, &snap, now);
+        if params.delay == 0 && matches!(decision, Decision::Greylist { .. }) {
+            decision = Decision::Pass(PassReason::LowRisk);
+        }
         let at = match decision {
             Decision::Greylist { retry_after, .. } => Some(now.saturating_add(retry_after)),
             Decision::Tempfail(_) | Decision::Reject(_) => None,

@@ -16,6 +16,7 @@ use hickory_resolver::config::{ResolveHosts, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
 
+use crate::risk::Spf;
 use crate::tuple::Key;
 
 /// The prefix of the scope part of SPF-identified tuple keys.
@@ -117,23 +118,36 @@ impl SpfIdentity {
     /// The MAIL FROM domain of `sender` if its SPF record authorises `ip` (result
     /// `pass`); `None` for any other result, a null sender or a timeout.
     pub async fn authorised_domain(&self, ip: IpAddr, helo: &str, sender: &str) -> Option<String> {
+        self.evaluate(ip, helo, sender).await.1
+    }
+
+    /// The SPF verdict for the MAIL FROM domain of `sender`, and the domain when it
+    /// passed.
+    pub async fn evaluate(&self, ip: IpAddr, helo: &str, sender: &str) -> (Spf, Option<String>) {
         let sender = crate::tuple::normalize_sender(sender);
-        let (_, domain) = sender.rsplit_once('@')?;
+        let Some((_, domain)) = sender.rsplit_once('@') else {
+            return (Spf::Other, None);
+        };
         if domain.is_empty() {
-            return None;
+            return (Spf::Other, None);
         }
         let domain = domain.to_ascii_lowercase();
         let params = SpfParameters::verify_mail_from(ip, helo, &self.host_domain, &sender);
         let out = tokio::time::timeout(self.timeout, self.auth.check_host(params.into())).await;
         match out {
-            Ok(o) if o.result() == SpfResult::Pass => Some(domain),
+            Ok(o) if o.result() == SpfResult::Pass => (Spf::Pass, Some(domain)),
             Ok(o) => {
                 tracing::debug!(%ip, domain = %domain, result = ?o.result(), "SPF not pass");
-                None
+                let v = if o.result() == SpfResult::Fail {
+                    Spf::Fail
+                } else {
+                    Spf::Other
+                };
+                (v, None)
             }
             Err(_) => {
                 tracing::debug!(%ip, domain = %domain, "SPF check timed out");
-                None
+                (Spf::Other, None)
             }
         }
     }

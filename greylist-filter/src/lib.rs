@@ -84,6 +84,7 @@ pub mod import;
 pub mod metrics;
 pub mod policy;
 pub mod record;
+pub mod risk;
 pub mod store;
 pub mod tuple;
 pub mod whitelist;

@@ -9,7 +9,7 @@ use crate::policy::{
 };
 
 /// Every (outcome, reason) label pair, in counter order.
-pub const DECISION_LABELS: [(&str, &str); 24] = [
+pub const DECISION_LABELS: [(&str, &str); 25] = [
     ("pass", "delay_met"),
     ("pass", "auto_whitelisted"),
     ("pass", "host_trusted"),
@@ -34,6 +34,7 @@ pub const DECISION_LABELS: [(&str, &str); 24] = [
     ("bypass", "not_opted_in"),
     ("bypass", "dnswl"),
     ("reject", "dnsbl"),
+    ("pass", "low_risk"),
 ];
 
 /// Upper bounds of the store latency buckets; the last bucket is everything above.
@@ -75,6 +76,7 @@ fn index(d: &Decision) -> usize {
             BypassReason::Dnswl => 22,
         },
         Decision::Reject(RejectReason::Dnsbl) => 23,
+        Decision::Pass(PassReason::LowRisk) => 24,
     }
 }
 
@@ -228,6 +230,7 @@ mod tests {
             Decision::Bypass(BypassReason::NotOptedIn),
             Decision::Bypass(BypassReason::Dnswl),
             Decision::Reject(RejectReason::Dnsbl),
+            Decision::Pass(PassReason::LowRisk),
         ];
         for (i, d) in samples.iter().enumerate() {
             assert_eq!(index(d), i);

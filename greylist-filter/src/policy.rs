@@ -70,6 +70,9 @@ pub enum PassReason {
     HostTrusted,
     /// The store failed and the filter is configured to fail open.
     StoreFailOpen,
+    /// The risk preset gives this client no delay (trusted evidence, see
+    /// [`crate::risk`]).
+    LowRisk,
 }
 
 /// Why a recipient was greylisted.
@@ -177,6 +180,7 @@ impl Decision {
                 PassReason::AutoWhitelisted => "auto_whitelisted",
                 PassReason::HostTrusted => "host_trusted",
                 PassReason::StoreFailOpen => "store_fail_open",
+                PassReason::LowRisk => "low_risk",
             },
             Decision::Greylist { reason, .. } => match reason {
                 GreylistReason::NewTuple => "new_tuple",

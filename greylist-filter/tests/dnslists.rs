@@ -32,6 +32,8 @@ async fn dns() -> TestDns {
             Rr::Ptr("10.2.0.192.in-addr.arpa.", "mail.good.test."),
             Rr::Ptr("11.2.0.192.in-addr.arpa.", "mail.good.test."),
             Rr::A("mail.good.test.", "192.0.2.10".parse().unwrap()),
+            Rr::Ptr("12.2.0.192.in-addr.arpa.", "dsl-192-0-2-12.good.test."),
+            Rr::A("dsl-192-0-2-12.good.test.", "192.0.2.12".parse().unwrap()),
         ],
     )
     .await
@@ -175,4 +177,54 @@ async fn host_whitelist_uses_only_the_forward_confirmed_name() {
         "{:?}",
         spoof.decision
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_presets_scale_the_delay_by_reverse_dns_and_lists() {
+    let dns = dns().await;
+    let base = |preset: &str| {
+        format!(
+            "[greylist]\nrisk = \"{preset}\"\n[dns]\nserver = \"{}\"\n\
+             dnsbl = [\"bl.test\"]\ndnsbl_delay = \"5m\"\n",
+            dns.addr
+        )
+    };
+    let first = |d: &Decision| match d {
+        Decision::Greylist { retry_after, .. } => *retry_after,
+        other => panic!("{other:?}"),
+    };
+    // (client, strict, balanced, lenient) delays for a new tuple.
+    let table = [
+        ("192.0.2.10", 300, 300, 300),    // forward-confirmed, specific name
+        ("192.0.2.11", 900, 300, 600),    // PTR does not confirm: no reverse DNS
+        ("192.0.2.12", 900, 300, 600),    // generic (access line) name
+        ("203.0.113.66", 2700, 300, 600), // DNSBL and no reverse DNS
+    ];
+    for (preset, col) in [("strict", 1), ("balanced", 2), ("lenient", 3)] {
+        let (e, _) = engine(&base(preset));
+        for row in &table {
+            let want = match col {
+                1 => row.1,
+                2 => row.2,
+                _ => row.3,
+            };
+            let out = e.check_rcpt(&ctx(row.0, None)).await;
+            assert_eq!(first(&out.decision), want, "{preset} {}", row.0);
+        }
+        let ex = e
+            .explain(
+                "192.0.2.11".parse().unwrap(),
+                "x@example.org",
+                "y@example.net",
+            )
+            .await
+            .unwrap();
+        if preset != "balanced" {
+            assert!(
+                ex.factors.iter().any(|f| f.contains("no_reverse_dns")),
+                "{preset}: {:?}",
+                ex.factors
+            );
+        }
+    }
 }

@@ -158,3 +158,52 @@ async fn no_spf_pass_means_the_network_identity() {
         other.decision
     );
 }
+
+/// `lenient`: SPF pass for a domain that passed greylisting before is trusted
+/// evidence, so a new tuple of that domain is not delayed; `balanced` still delays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_trusts_spf_pass_with_history() {
+    let dns = start_dns(&["test."], RECORDS).await;
+    for (preset, low_risk) in [("lenient", true), ("balanced", false)] {
+        let (e, clock) = engine(&format!(
+            "[greylist]\nrisk = \"{preset}\"\n[identity]\nspf = true\n\
+             [dns]\nserver = \"{}\"\n",
+            dns.addr
+        ));
+        let c = ctx("192.0.2.10", "alice@pool.test", "bob@example.net");
+        assert!(matches!(
+            e.check_rcpt(&c).await.decision,
+            Decision::Greylist { .. }
+        ));
+        // No reverse DNS in this zone: lenient doubles the first delay.
+        clock.advance(std::time::Duration::from_secs(601));
+        assert!(matches!(
+            e.check_rcpt(&c).await.decision,
+            Decision::Pass(PassReason::DelayMet { .. })
+        ));
+        let other = e
+            .check_rcpt(&ctx("198.51.100.20", "carol@pool.test", "dave@example.net"))
+            .await;
+        if low_risk {
+            assert_eq!(
+                other.decision,
+                Decision::Pass(PassReason::LowRisk),
+                "{preset}"
+            );
+        } else {
+            assert!(
+                matches!(other.decision, Decision::Greylist { .. }),
+                "{preset}: {:?}",
+                other.decision
+            );
+        }
+        // SPF pass without history (a domain never seen) is delayed in both.
+        let fresh = e
+            .check_rcpt(&ctx("192.0.2.10", "erin@soft.test", "dave@example.net"))
+            .await;
+        assert!(
+            matches!(fresh.decision, Decision::Greylist { .. }),
+            "{preset}"
+        );
+    }
+}
