@@ -442,12 +442,12 @@ impl milter_server::Milter for FailingEom {
     }
 }
 
-/// `Conn::end_of_message` (milter-server/src/conn.rs) clears only the
-/// body-replacement buffer when the EOM callback fails; header and envelope
-/// modifications were already encoded into the output buffer by
-/// `EomContext::push` and go out before the failure policy's reply. The
-/// crate docs say "Modifications of a failed callback are not sent"; under
-/// `FailurePolicy::Continue` or `Accept` the MTA applies them.
+/// Modifications made by an EOM callback that then fails (error, panic,
+/// timeout) are not sent, under every failure policy. Found by
+/// `hostile failures`: `Conn::end_of_message` used to clear only the
+/// body-replacement buffer, so header and envelope changes already encoded
+/// by `EomContext::push` went out before the policy's reply (and were
+/// applied under `Continue` or `Accept`).
 #[tokio::test(start_paused = true)]
 async fn failed_eom_callback_sends_no_modifications() {
     for (mode, policy) in [

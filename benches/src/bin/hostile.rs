@@ -1300,8 +1300,13 @@ async fn mutate_scenario(args: MutateArgs, checks: &mut Checks) -> anyhow::Resul
             ("control_max_ms", ms(max_lat)),
         ],
     );
-    for (reason, n) in &reasons {
+    let mut top: Vec<_> = reasons.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1));
+    for (reason, n) in top.iter().take(15) {
         println!("RESULT mutate reason={reason:?} count={n}");
+    }
+    if top.len() > 15 {
+        println!("RESULT mutate other_reasons={}", top.len() - 15);
     }
     checks.check(
         "mutate.bad-sessions-closed",
@@ -1602,6 +1607,31 @@ mod greylist {
         }
     }
 
+    /// Retries every tuple (in `parallel` tasks); the ones not accepted at
+    /// once.
+    async fn verify(client: &Client, socket: &str, tuples: &[Tuple], parallel: usize) -> Vec<u64> {
+        let chunk = tuples.len().div_ceil(parallel.max(1)).max(1);
+        let mut tasks = Vec::new();
+        for part in tuples.chunks(chunk) {
+            let (client, socket, part) = (client.clone(), socket.to_string(), part.to_vec());
+            tasks.push(tokio::spawn(async move {
+                let mut lost = Vec::new();
+                for t in &part {
+                    if attempt(&client, &socket, t).await != Some(true) {
+                        lost.push(t.n);
+                    }
+                }
+                lost
+            }));
+        }
+        let mut lost = Vec::new();
+        for t in tasks {
+            lost.extend(t.await.unwrap_or_default());
+        }
+        lost.sort();
+        lost
+    }
+
     pub(super) async fn run(args: GreylistArgs, checks: &mut Checks) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.dir)?;
         let _ = std::fs::remove_file(args.dir.join("greylist.redb"));
@@ -1616,6 +1646,7 @@ mod greylist {
         let next = Arc::new(AtomicU64::new(1));
         let mut rng = Rng::new(args.seed);
         let (mut starts_ok, mut lost_total, mut verified_total) = (0usize, 0usize, 0usize);
+        let mut load_errors = 0u64;
         for round in 0..args.rounds {
             let mut daemon = match start(&args, &socket, round).await {
                 Ok(d) => d,
@@ -1627,12 +1658,7 @@ mod greylist {
             starts_ok += 1;
             // Every tuple acknowledged so far passes at once.
             let known: Vec<Tuple> = passed.lock().unwrap().clone();
-            let mut lost = Vec::new();
-            for t in &known {
-                if attempt(&client, &socket, t).await != Some(true) {
-                    lost.push(t.n);
-                }
-            }
+            let lost = verify(&client, &socket, &known, args.parallel).await;
             verified_total += known.len();
             lost_total += lost.len();
             if !lost.is_empty() || round == 0 || round + 1 == args.rounds {
@@ -1652,19 +1678,33 @@ mod greylist {
                 + Duration::from_millis(200)
                 + Duration::from_millis(rng.below(args.max_load_ms as usize) as u64);
             let mut tasks = Vec::new();
+            let stop = Arc::new(AtomicBool::new(false));
+            let errors = Arc::new(AtomicU64::new(0));
             for _ in 0..args.parallel {
-                let (client, socket, passed, next) =
-                    (client.clone(), socket.clone(), passed.clone(), next.clone());
+                let (client, socket, passed, next, stop, errors) = (
+                    client.clone(),
+                    socket.clone(),
+                    passed.clone(),
+                    next.clone(),
+                    stop.clone(),
+                    errors.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     let mut pending: Vec<(Tuple, Instant)> = Vec::new();
                     for _ in 0..100_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let now = Instant::now();
                         if let Some(i) = pending.iter().position(|(_, t)| now >= *t) {
                             let (t, _) = pending.swap_remove(i);
                             match attempt(&client, &socket, &t).await {
                                 Some(true) => passed.lock().unwrap().push(t),
                                 Some(false) => pending.push((t, now + Duration::from_millis(200))),
-                                None => return,
+                                None => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
                             }
                         } else if pending.len() < 20 {
                             let t = Tuple {
@@ -1675,7 +1715,10 @@ mod greylist {
                                 // Accepted at the first attempt would be a bug
                                 // in greylisting; not this test's business.
                                 Some(true) => {}
-                                None => return,
+                                None => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
                             }
                         } else {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1685,10 +1728,13 @@ mod greylist {
             }
             tokio::time::sleep(load_for).await;
             // kill -9 in the middle of the load.
+            let errors_before_kill = errors.load(Ordering::Relaxed);
             let status = daemon.kill9()?;
+            stop.store(true, Ordering::Relaxed);
             for t in tasks {
                 let _ = t.await;
             }
+            load_errors += errors_before_kill;
             result(
                 "greylist",
                 &[
@@ -1701,6 +1747,7 @@ mod greylist {
                     ),
                     ("verified", known.len().to_string()),
                     ("lost", lost.len().to_string()),
+                    ("errors_before_kill", errors_before_kill.to_string()),
                 ],
             );
         }
@@ -1709,12 +1756,7 @@ mod greylist {
         match start(&args, &socket, args.rounds).await {
             Ok(mut d) => {
                 starts_ok += 1;
-                let mut lost = Vec::new();
-                for t in &final_known {
-                    if attempt(&client, &socket, t).await != Some(true) {
-                        lost.push(t.n);
-                    }
-                }
+                let lost = verify(&client, &socket, &final_known, args.parallel).await;
                 lost_total += lost.len();
                 verified_total += final_known.len();
                 checks.check(
@@ -1739,12 +1781,18 @@ mod greylist {
                 ("acknowledged", final_known.len().to_string()),
                 ("retries_verified", verified_total.to_string()),
                 ("lost", lost_total.to_string()),
+                ("errors_before_kills", load_errors.to_string()),
             ],
         );
         checks.check(
             "greylist.store-opens-every-time",
             starts_ok == args.rounds + 1,
             format!("{starts_ok} of {} starts after kill -9", args.rounds + 1),
+        );
+        checks.check(
+            "greylist.no-errors-under-load",
+            load_errors == 0,
+            format!("{load_errors} failed attempts while the daemon was up"),
         );
         checks.check(
             "greylist.tuples-passed",
