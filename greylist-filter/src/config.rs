@@ -223,6 +223,30 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The DNS resolver (SPF).
     pub dns: DnsConfig,
+    /// Trust learned from outbound mail.
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// When an authenticated user (`{auth_authen}`) sends to `x@d` through this
+    /// daemon, replies from `x@d` to that user pass without delay for `trust`.
+    /// Default `false`.
+    pub learn: bool,
+    /// How long a learned reply pre-approval lasts (refreshed by every outbound
+    /// message). Default `"30d"`.
+    pub trust: Seconds,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            learn: false,
+            trust: Seconds(30 * 86_400),
+        }
+    }
 }
 
 /// `[identity]`

@@ -115,6 +115,7 @@ struct Settings {
     header: Option<String>,
     expire_batch: usize,
     risk: Preset,
+    outbound_trust: Option<u64>,
 }
 
 impl Settings {
@@ -133,9 +134,13 @@ impl Settings {
             header: c.header.enabled.then(|| c.header.name.clone()),
             expire_batch: c.store.expire_batch,
             risk: c.greylist.risk,
+            outbound_trust: c.outbound.learn.then_some(c.outbound.trust.0),
         }
     }
 }
+
+/// The scope part of reply pre-approval keys (`[outbound] learn`).
+pub const REPLY_SCOPE: &str = "reply:";
 
 /// Shards of the pass cache (each behind its own mutex).
 const CACHE_SHARDS: usize = 16;
@@ -349,6 +354,9 @@ impl Engine {
             recipient: &recipient,
         };
         let bypass = self.whitelist.check(&subject);
+        if bypass == Some(crate::policy::BypassReason::Authenticated) {
+            self.learn_outbound(&s, ctx.sender, &recipient).await;
+        }
         let (decision, key) = match (bypass, ctx.client_addr) {
             (Some(b), _) => (Decision::Bypass(b), None),
             (None, None) => (
@@ -359,6 +367,9 @@ impl Engine {
                 let lists = self.list_facts(ip).await;
                 match self.list_decision(&lists) {
                     Some(d) => (d, None),
+                    None if self.is_reply(&s, ctx.sender, &recipient).await => {
+                        (Decision::Pass(PassReason::OutboundReply), None)
+                    }
                     None => {
                         let (key, spf) = self
                             .tuple_key(&s, ip, client_name, ctx.sender, &recipient)
@@ -399,6 +410,72 @@ impl Engine {
             action,
             key,
             delayed,
+        }
+    }
+
+    /// The key of the reply pre-approval for mail from `sender` to `recipient`.
+    fn reply_key(sender: &str, recipient: &str) -> Key {
+        Key::with_scope(
+            REPLY_SCOPE,
+            &normalize_sender(sender),
+            &normalize_recipient(recipient),
+        )
+    }
+
+    /// Records that an authenticated user sent from `sender` to `recipient`, so that
+    /// mail from `recipient` to `sender` is a reply (`[outbound] learn`). Store errors
+    /// are logged and otherwise ignored.
+    async fn learn_outbound(&self, s: &Settings, sender: &str, recipient: &str) {
+        let Some(trust) = s.outbound_trust else {
+            return;
+        };
+        if normalize_sender(sender) == crate::tuple::NULL_SENDER {
+            return;
+        }
+        let now = self.clock.now();
+        let key = Self::reply_key(recipient, sender);
+        let record = TupleRecord {
+            state: TupleState::Passed,
+            first_seen: now,
+            passed_at: now,
+            last_seen: now,
+            expires: now.saturating_add(trust),
+            attempts: 0,
+            passes: 0,
+        };
+        if let Ok(Some(old)) = self.store.get(&key).await
+            && old.expires >= record.expires.saturating_sub(s.params.refresh_granularity)
+        {
+            return;
+        }
+        let updates = crate::record::Updates {
+            tuple: Some(crate::record::TupleWrite {
+                record,
+                durability: crate::record::Durability::Lazy,
+            }),
+            host: None,
+        };
+        if let Err(e) = self.store.apply(&key, &updates).await {
+            self.metrics.record_store_error();
+            tracing::warn!(key = %key, error = %e, "cannot record the outbound reply trust");
+        }
+    }
+
+    /// Whether mail from `sender` to `recipient` replies to outbound mail of the
+    /// recipient that is still trusted.
+    async fn is_reply(&self, s: &Settings, sender: &str, recipient: &str) -> bool {
+        if s.outbound_trust.is_none() {
+            return false;
+        }
+        let now = self.clock.now();
+        match self.store.get(&Self::reply_key(sender, recipient)).await {
+            Ok(Some(r)) => r.state == TupleState::Passed && r.expires > now,
+            Ok(None) => false,
+            Err(e) => {
+                self.metrics.record_store_error();
+                tracing::warn!(error = %e, "cannot read the outbound reply trust");
+                false
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use crate::policy::{
 };
 
 /// Every (outcome, reason) label pair, in counter order.
-pub const DECISION_LABELS: [(&str, &str); 25] = [
+pub const DECISION_LABELS: [(&str, &str); 26] = [
     ("pass", "delay_met"),
     ("pass", "auto_whitelisted"),
     ("pass", "host_trusted"),
@@ -35,6 +35,7 @@ pub const DECISION_LABELS: [(&str, &str); 25] = [
     ("bypass", "dnswl"),
     ("reject", "dnsbl"),
     ("pass", "low_risk"),
+    ("pass", "outbound_reply"),
 ];
 
 /// Upper bounds of the store latency buckets; the last bucket is everything above.
@@ -77,6 +78,7 @@ fn index(d: &Decision) -> usize {
         },
         Decision::Reject(RejectReason::Dnsbl) => 23,
         Decision::Pass(PassReason::LowRisk) => 24,
+        Decision::Pass(PassReason::OutboundReply) => 25,
     }
 }
 
@@ -231,6 +233,7 @@ mod tests {
             Decision::Bypass(BypassReason::Dnswl),
             Decision::Reject(RejectReason::Dnsbl),
             Decision::Pass(PassReason::LowRisk),
+            Decision::Pass(PassReason::OutboundReply),
         ];
         for (i, d) in samples.iter().enumerate() {
             assert_eq!(index(d), i);

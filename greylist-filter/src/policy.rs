@@ -73,6 +73,8 @@ pub enum PassReason {
     /// The risk preset gives this client no delay (trusted evidence, see
     /// [`crate::risk`]).
     LowRisk,
+    /// A reply to mail an authenticated local user sent (`[outbound] learn`).
+    OutboundReply,
 }
 
 /// Why a recipient was greylisted.
@@ -181,6 +183,7 @@ impl Decision {
                 PassReason::HostTrusted => "host_trusted",
                 PassReason::StoreFailOpen => "store_fail_open",
                 PassReason::LowRisk => "low_risk",
+                PassReason::OutboundReply => "outbound_reply",
             },
             Decision::Greylist { reason, .. } => match reason {
                 GreylistReason::NewTuple => "new_tuple",
