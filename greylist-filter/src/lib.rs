@@ -53,8 +53,23 @@
 //! - **Incremental expiry.** An index ordered by expiry time lets
 //!   [`store::Store::expire`] delete at most N due records per call, so no step ever
 //!   scans or rewrites the store (postgrey's nightly full scan stalls the MTA).
+//! - **Redis** ([`store::RedisStore`], `--store redis://HOST:PORT/DB`) lets several
+//!   daemons (every MX) share one store: each update is one Lua script (atomic across
+//!   daemons), records carry Redis TTLs, and connect/command timeouts bound what a dead
+//!   Redis costs a decision, after which the failure policy applies and the connection
+//!   is re-established by itself.
 //! - Every backend implements [`store::Store`] and passes the same contract suite
 //!   (`store::contract`, feature `contract-tests`); [`store::MemoryStore`] serves tests.
+//!
+//! ## Beyond the client network
+//!
+//! - [`identity`]: with `[identity] spf = true`, an SPF pass for the MAIL FROM domain
+//!   keys the tuple on that domain instead of the network (never a bypass).
+//! - [`dnslists`]: DNS allow lists bypass, DNS block lists get a longer delay or a
+//!   550, and host whitelists can require forward-confirmed reverse DNS.
+//! - [`risk`]: the `strict`/`balanced`/`lenient` presets scale the delay by that
+//!   evidence (a pure table-tested function).
+//! - `[outbound] learn`: mail an authenticated user sends pre-approves the replies.
 //!
 //! ## Failure policy
 //!
@@ -67,7 +82,7 @@
 //! [`config`] (TOML with `file:line:col` errors), [`tuple`](mod@tuple), [`policy`], [`record`],
 //! [`store`], [`whitelist`], [`clock`], [`metrics`], [`decision_log`], [`import`]
 //! (milter-greylist configuration and dump), [`engine`], [`filter`] (the milter),
-//! [`daemon`], [`admin`], [`cli`].
+//! [`daemon`], [`admin`], [`cli`], [`identity`], [`dnslists`], [`risk`].
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -131,3 +131,42 @@ async fn two_daemons_share_one_redis_and_survive_its_restart() {
     a.stop();
     b.stop();
 }
+
+/// Records carry Redis TTLs (expiry plus the grace) so Redis cleans up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_get_redis_ttls() {
+    use greylist_filter::record::{Durability, TupleRecord, TupleWrite, Updates};
+    use greylist_filter::store::{RedisOptions, RedisStore, Store};
+    use greylist_filter::tuple::{Key, Network};
+
+    let Some(bin) = redis_binary("records_get_redis_ttls") else {
+        return;
+    };
+    let rdir = tempdir();
+    let redis = RedisServer::start(&bin, rdir.path());
+    let store = RedisStore::open(&redis.url(1), RedisOptions::default()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let net = Network::parse("192.0.2.0/24").unwrap();
+    let key = Key::new(&net, "a@example.org", "b@example.net");
+    let upd = Updates {
+        tuple: Some(TupleWrite {
+            record: TupleRecord::pending(now, now + 100),
+            durability: Durability::Lazy,
+        }),
+        host: None,
+    };
+    store.apply(&key, &upd).await.unwrap();
+    let client = redis::Client::open(redis.url(1)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut name = b"greylist:t:".to_vec();
+    name.extend_from_slice(key.as_bytes());
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&name)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((86_400..=86_500).contains(&ttl), "ttl {ttl}");
+}
