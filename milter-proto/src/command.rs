@@ -1,9 +1,10 @@
 //! MTA → filter commands (`SMFIC_*`), decoded and encoded.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::addr;
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::Frame;
 use crate::negotiate::{Actions, OptNeg, ProtocolFlags};
@@ -371,8 +372,8 @@ impl Command {
                     }
                     b'4' | b'6' => {
                         let port = r.u16("port")?;
-                        let text = r.cstr("address")?;
-                        ConnectAddress::Inet(SocketAddr::new(parse_ip(family, &text)?, port))
+                        let text = r.cstr_slice("address")?;
+                        ConnectAddress::Inet(SocketAddr::new(parse_ip(family, text)?, port))
                     }
                     other => return Err(DecodeError::UnknownFamily(other)),
                 };
@@ -477,22 +478,20 @@ impl Command {
 /// address, optionally prefixed `IPv6:` (Sendmail, any case) or bracketed.
 fn parse_ip(family: u8, text: &[u8]) -> Result<IpAddr, DecodeError> {
     let invalid = || DecodeError::InvalidAddress(String::from_utf8_lossy(text).into_owned());
-    let s = std::str::from_utf8(text).map_err(|_| invalid())?;
     if family == b'4' {
-        return s.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| invalid());
+        return addr::parse_ipv4(text).map(IpAddr::V4).ok_or_else(invalid);
     }
-    let mut s = s
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(s);
-    if let Some(prefix) = s.get(..5)
-        && prefix.eq_ignore_ascii_case("IPv6:")
+    let mut s = unbracket(text);
+    if let Some((prefix, rest)) = s.split_at_checked(5)
+        && prefix.eq_ignore_ascii_case(b"IPv6:")
     {
-        s = s.get(5..).unwrap_or_default();
+        s = unbracket(rest);
     }
-    let s = s
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(s);
-    s.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| invalid())
+    addr::parse_ipv6(s).map(IpAddr::V6).ok_or_else(invalid)
+}
+
+fn unbracket(s: &[u8]) -> &[u8] {
+    s.strip_prefix(b"[")
+        .and_then(|t| t.strip_suffix(b"]"))
+        .unwrap_or(s)
 }

@@ -109,6 +109,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod addr;
 pub mod command;
 pub mod error;
 pub mod frame;

@@ -49,10 +49,16 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, without its NUL.
     pub(crate) fn cstr(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+        self.cstr_slice(field).map(|s| self.view(s))
+    }
+
+    /// A NUL-terminated string, without its NUL, borrowed rather than
+    /// shared: for fields that are parsed and not kept.
+    pub(crate) fn cstr_slice(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
         match cstr(self.rest) {
             Ok((rest, s)) => {
                 self.rest = rest;
-                Ok(self.view(s))
+                Ok(s)
             }
             Err(_) => Err(DecodeError::MissingNul {
                 code: self.code,
