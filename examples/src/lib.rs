@@ -43,15 +43,38 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal mode such as 660"))
 }
 
-/// Logs to stderr; `RUST_LOG` selects what (default `info`).
+/// Logs to stderr; `RUST_LOG` selects what (default `info`): a level and
+/// per-target levels, e.g. `info,milter_server=debug`.
+///
+/// The filter is `Targets`, not `EnvFilter`: the same level and target
+/// syntax without span-field directives, and without `EnvFilter`'s
+/// per-span bookkeeping, a lock taken on every span entry and exit, that
+/// is on every poll of every session. At `info` that bookkeeping was a
+/// tenth of accept-all's CPU (benches/load.md).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_else(|e| {
+                eprintln!("RUST_LOG={spec:?} is not understood ({e}); logging at info");
+                info_targets()
+            }),
+        _ => info_targets(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .init();
+}
+
+fn info_targets() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
 }
 
 /// Completes on SIGTERM or SIGINT.

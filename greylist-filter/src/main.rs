@@ -55,15 +55,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_daemon(args: greylist_filter::cli::DaemonArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+/// Logs to stderr; `RUST_LOG` selects what (default `info`): a level and
+/// per-target levels, e.g. `info,greylist::decision=warn`. `Targets` rather
+/// than `EnvFilter`: the same syntax without span-field directives, and
+/// without a lock on every span entry and exit (every poll of a session).
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let info = || Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!(
+                "greylist-filter: RUST_LOG={spec:?} is not understood ({e}); logging at info"
+            );
+            info()
+        }),
+        _ => info(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with(filter)
         .init();
+}
+
+async fn run_daemon(args: greylist_filter::cli::DaemonArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
     // Handlers first: a SIGHUP arriving during start-up must not kill the process.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
