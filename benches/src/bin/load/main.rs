@@ -214,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             argv: [
                 vec![p(&bin_dir.join("accept-all"))],
                 s(&["--listen", "{spec}", "--socket-mode", "600"]),
+                s(&["--max-connections", "20000"]),
             ]
             .concat(),
         },
@@ -233,6 +234,7 @@ fn main() -> anyhow::Result<()> {
             argv: [
                 vec![p(&bin_dir.join("add-header"))],
                 s(&["--listen", "{spec}", "--socket-mode", "600"]),
+                s(&["--max-connections", "20000"]),
                 s(&["--name", "X-CMilter", "--value", "seen"]),
             ]
             .concat(),
