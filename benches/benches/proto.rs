@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use milter_proto::frame::{DEFAULT_MAX_INBOUND, MAX_DATA_SIZE_64K};
 use milter_proto::{
-    Actions, Command, Connect, ConnectAddress, Envelope, FrameDecoder, Header, Macros, OptNeg,
-    OptNegReply, ProtocolFlags, Response,
+    Actions, Command, Connect, ConnectAddress, Envelope, FrameDecoder, Header, MacroLists, Macros,
+    OptNeg, OptNegReply, ProtocolFlags, Response,
 };
 
 fn b(s: &'static str) -> Bytes {
@@ -102,7 +102,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                 version: 6,
                 actions: Actions::ADD_HEADERS | Actions::SET_SYMLIST,
                 protocol: ProtocolFlags::NO_HEADERS | ProtocolFlags::NO_BODY,
-                macros: vec![(0, b("j {daemon_name}")), (3, b("{rcpt_addr}"))],
+                macros: MacroLists::new([(0, "j {daemon_name}"), (3, "{rcpt_addr}")]).unwrap(),
             }),
         ),
         ("continue", Response::Continue),

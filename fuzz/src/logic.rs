@@ -7,8 +7,8 @@
 
 use bytes::{Bytes, BytesMut};
 use milter_proto::{
-    Actions, Command, Frame, FrameDecoder, FrameError, OptNegReply, ProtocolFlags, Response,
-    Session, SmtpReply,
+    Actions, Command, Frame, FrameDecoder, FrameError, MacroLists, OptNegReply, ProtocolFlags,
+    Response, Session, SmtpReply,
 };
 
 /// Payload limit used when re-encoding decoded values: large enough for any
@@ -250,7 +250,7 @@ pub fn session(data: &[u8]) {
                         protocol: ProtocolFlags::from_bits_retain(u32::from_be_bytes([
                             p0, p1, p2, p3,
                         ])),
-                        macros: Vec::new(),
+                        macros: MacroLists::default(),
                     })
                 }
             };

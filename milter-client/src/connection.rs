@@ -389,8 +389,8 @@ impl Connection {
                 .iter()
                 .filter_map(|(stage, names)| {
                     Some((
-                        MacroStage::from_wire(*stage)?,
-                        String::from_utf8_lossy(names).into_owned(),
+                        MacroStage::from_wire(stage)?,
+                        String::from_utf8_lossy(&names).into_owned(),
                     ))
                 })
                 .collect(),

@@ -167,7 +167,7 @@ async fn stdin_input_and_an_old_protocol_version() {
         version: 2,
         actions: Actions::empty(),
         protocol: ProtocolFlags::empty(),
-        macros: Vec::new(),
+        macros: milter_client::milter_proto::MacroLists::default(),
     }));
     let out = milter_run(
         args(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use milter_client::milter_proto::{
-    Actions, Bytes, Command, ConnectAddress, DecodeError, FrameError, MacroStage, NegotiationError,
-    OptNeg, OptNegReply, ProtocolError, ProtocolFlags, Response,
+    Actions, Bytes, Command, ConnectAddress, DecodeError, FrameError, MacroLists, MacroStage,
+    NegotiationError, OptNeg, OptNegReply, ProtocolError, ProtocolFlags, Response,
 };
 use milter_client::{Client, ClientConfig, ClientError, Modification, Reply, Stage};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,11 +26,12 @@ async fn negotiates_v6_over_unix_and_reports_what_was_agreed() {
         version: 6,
         actions: Actions::ADD_HEADERS | Actions::SET_SYMLIST,
         protocol: ProtocolFlags::NO_UNKNOWN | ProtocolFlags::SKIP,
-        macros: vec![
-            (0, Bytes::from_static(b"j {client_addr}")),
-            (2, Bytes::from_static(b"{mail_addr},{auth_authen}")),
-            (9, Bytes::from_static(b"ignored")),
-        ],
+        macros: MacroLists::new([
+            (0, "j {client_addr}"),
+            (2, "{mail_addr},{auth_authen}"),
+            (9, "ignored"),
+        ])
+        .unwrap(),
     };
     let fake = Fake::unix(continue_all(reply));
     let conn = bounded(Client::default().connect(fake.spec.as_str()))
@@ -94,7 +95,7 @@ async fn v2_offer_and_reply_suppress_data_and_unknown() {
         version: 2,
         actions: Actions::ADD_HEADERS,
         protocol: ProtocolFlags::empty(),
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     };
     let fake = Fake::unix(continue_all(reply));
     let client = Client::new(ClientConfig::default().with_offer(OptNeg::V2));
@@ -309,7 +310,7 @@ async fn empty_macro_packets_can_be_left_out() {
 #[tokio::test]
 async fn macro_lists_are_honoured_when_asked() {
     let mut reply = optneg(Actions::SET_SYMLIST, ProtocolFlags::empty());
-    reply.macros = vec![(0, Bytes::from_static(b"{client_addr} i"))];
+    reply.macros = MacroLists::new([(0, "{client_addr} i")]).unwrap();
     let fake = Fake::unix(continue_all(reply));
     let client = Client::new(ClientConfig::default().with_honour_macro_lists(true));
     let mut conn = bounded(client.connect(&fake.spec)).await.unwrap();

@@ -176,6 +176,9 @@ pub enum NegotiationError {
     /// The filter's reply was not an option negotiation packet.
     #[error("expected an option negotiation reply, got response {0}")]
     NotOptNeg(char),
+    /// A macro list the filter wants cannot be sent (it contains a NUL byte).
+    #[error("the macro lists cannot be sent: {0}")]
+    MacroList(EncodeError),
 }
 
 /// Caller input that cannot be encoded.

@@ -128,8 +128,8 @@ pub use error::{
 pub use frame::{Frame, FrameDecoder};
 pub use macros::MacroStore;
 pub use negotiate::{
-    Actions, Agreed, FilterOptions, MacroStage, OptNeg, OptNegReply, ProtocolFlags, check_reply,
-    check_response, negotiate,
+    Actions, Agreed, FilterOptions, MacroLists, MacroStage, OptNeg, OptNegReply, ProtocolFlags,
+    check_reply, check_response, negotiate,
 };
 pub use reply::SmtpReply;
 pub use response::Response;

@@ -1,11 +1,14 @@
 //! Option negotiation (`SMFIC_OPTNEG`): versions, action and protocol flags,
 //! MDS, macro lists, and libmilter's algorithm as a pure function.
 
-use bitflags::bitflags;
-use bytes::Bytes;
+use std::ops::Range;
 
-use crate::error::NegotiationError;
+use bitflags::bitflags;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError, NegotiationError};
 use crate::frame::{MAX_DATA_SIZE_1M, MAX_DATA_SIZE_64K, MAX_DATA_SIZE_256K};
+use crate::wire::Reader;
 
 /// The newest protocol version (`SMFI_PROT_VERSION`).
 #[doc(alias = "SMFI_PROT_VERSION")]
@@ -309,7 +312,96 @@ pub struct OptNegReply {
     pub protocol: ProtocolFlags,
     /// Macro lists: wire stage number and a space separated list of names.
     /// Stage numbers outside 0..=6 are kept as received.
-    pub macros: Vec<(u32, Bytes)>,
+    pub macros: MacroLists,
+}
+
+/// The macro lists of an OPTNEG reply (`smfi_setsymlist`), kept in wire
+/// form: repeated `u32` big-endian stage number and NUL-terminated, space
+/// separated macro names, as one buffer. A decoded value is a view of the
+/// frame; the lists are read lazily with [`iter`](Self::iter).
+///
+/// ```
+/// use milter_proto::MacroLists;
+///
+/// let lists = MacroLists::new([(0, "j {daemon_name}"), (3, "{rcpt_addr}")])?;
+/// assert_eq!(lists.len(), 2);
+/// let (stage, names) = lists.iter().next().expect("a list");
+/// assert_eq!((stage, &names[..]), (0, &b"j {daemon_name}"[..]));
+/// assert_eq!(&lists.raw()[..4], b"\0\0\0\0");
+/// # Ok::<(), milter_proto::EncodeError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MacroLists {
+    raw: Bytes,
+}
+
+impl MacroLists {
+    /// Builds the lists from wire stage numbers and names, in the order
+    /// given. The names may not contain NUL.
+    pub fn new<N: AsRef<[u8]>>(
+        lists: impl IntoIterator<Item = (u32, N)>,
+    ) -> Result<Self, EncodeError> {
+        let mut raw = BytesMut::new();
+        for (stage, names) in lists {
+            let names = names.as_ref();
+            if names.contains(&0) {
+                return Err(EncodeError::InteriorNul {
+                    field: "macro list",
+                });
+            }
+            raw.put_u32(stage);
+            raw.extend_from_slice(names);
+            raw.put_u8(0);
+        }
+        Ok(Self { raw: raw.freeze() })
+    }
+
+    /// Reads the rest of an OPTNEG reply: checks every list without making
+    /// a view of it, then keeps one view of the whole.
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let raw = r.rest_walked(|r| {
+            r.u32("macro stage")?;
+            r.cstr_slice("macro list")?;
+            Ok(())
+        })?;
+        Ok(Self { raw })
+    }
+
+    /// Whether there are no lists.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The number of lists.
+    pub fn len(&self) -> usize {
+        self.spans().count()
+    }
+
+    /// The lists in order: wire stage number (see [`MacroStage::from_wire`])
+    /// and the space separated names, a view without the NUL.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Bytes)> + '_ {
+        self.spans()
+            .map(|(stage, names)| (stage, self.raw.slice(names)))
+    }
+
+    /// The lists in wire form, as sent after the 12 option bytes.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Each list's stage number and where its names are in `raw`; stops at
+    /// malformed data (which neither `new` nor `decode` lets in).
+    fn spans(&self) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let rest = self.raw.get(pos..)?;
+            let (stage, names) = rest.split_first_chunk::<4>()?;
+            let len = names.iter().position(|&b| b == 0)?;
+            let start = pos + 4;
+            pos = start + len + 1;
+            Some((u32::from_be_bytes(*stage), start..start + len))
+        })
+    }
 }
 
 /// What a filter wants from negotiation.
@@ -374,7 +466,8 @@ pub struct Agreed {
 ///   [`Agreed::protocol`] to see what is in force.
 ///
 /// Actions the filter needs but the MTA does not offer are an error: the
-/// filter could not do its job.
+/// filter could not do its job. So is a macro list containing a NUL byte
+/// ([`NegotiationError::MacroList`]): it cannot be put on the wire.
 pub fn negotiate(offer: &OptNeg, wanted: &FilterOptions) -> Result<Agreed, NegotiationError> {
     if offer.version < MIN_PROTOCOL_VERSION {
         return Err(NegotiationError::UnsupportedVersion(offer.version));
@@ -415,14 +508,17 @@ pub fn negotiate(offer: &OptNeg, wanted: &FilterOptions) -> Result<Agreed, Negot
     };
 
     let macros_sent = !wanted.macros.is_empty() && offered_actions.contains(Actions::SET_SYMLIST);
-    let mut macros = Vec::new();
+    let mut macros = MacroLists::default();
     if macros_sent {
         actions |= Actions::SET_SYMLIST;
         let mut lists: Vec<&(MacroStage, String)> = wanted.macros.iter().collect();
         lists.sort_by_key(|(stage, _)| *stage);
-        for (stage, names) in lists {
-            macros.push((stage.to_wire(), Bytes::copy_from_slice(names.as_bytes())));
-        }
+        macros = MacroLists::new(
+            lists
+                .into_iter()
+                .map(|(stage, names)| (stage.to_wire(), names.as_bytes())),
+        )
+        .map_err(NegotiationError::MacroList)?;
     }
 
     let reply_protocol = protocol | mds_bit;
@@ -533,5 +629,29 @@ pub fn check_response(
     match response {
         crate::Response::OptNeg(reply) => check_reply(offer, reply),
         other => Err(NegotiationError::NotOptNeg(char::from(other.code()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macro_lists_iter_stops_at_malformed_data() {
+        // Neither `new` nor decoding lets these in; reading them must not panic.
+        let cases: [(&'static [u8], usize); 5] = [
+            (b"\0\0", 0),
+            (b"\0\0\0\x01abc", 0),
+            (b"\0\0\0\x01a\0\0\0", 1),
+            (b"\0\0\0\x01a\0\0\0\0\x02b", 1),
+            (b"\0\0\0\x01\0\0\0\0\x02b\0", 2),
+        ];
+        for (raw, n) in cases {
+            let lists = MacroLists {
+                raw: Bytes::from_static(raw),
+            };
+            assert_eq!(lists.iter().count(), n, "{raw:?}");
+            assert_eq!(lists.len(), n, "{raw:?}");
+        }
     }
 }

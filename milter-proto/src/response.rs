@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::Frame;
-use crate::negotiate::{Actions, OptNegReply, ProtocolFlags};
+use crate::negotiate::{Actions, MacroLists, OptNegReply, ProtocolFlags};
 use crate::wire::{Reader, Writer};
 
 /// Response bytes (`SMFIR_*`).
@@ -270,12 +270,7 @@ impl Response {
                 let version = r.u32("version")?;
                 let actions = Actions::from_bits_retain(r.u32("actions")?);
                 let protocol = ProtocolFlags::from_bits_retain(r.u32("protocol flags")?);
-                let mut macros = Vec::new();
-                while !r.is_empty() {
-                    let stage = r.u32("macro stage")?;
-                    let names = r.cstr("macro list")?;
-                    macros.push((stage, names));
-                }
+                let macros = MacroLists::decode(&mut r)?;
                 Response::OptNeg(OptNegReply {
                     version,
                     actions,
@@ -333,10 +328,8 @@ impl Response {
             Response::OptNeg(o) => {
                 w.u32(o.version)
                     .u32(o.actions.bits())
-                    .u32(o.protocol.bits());
-                for (stage, names) in &o.macros {
-                    w.u32(*stage).cstr("macro list", names);
-                }
+                    .u32(o.protocol.bits())
+                    .raw(o.macros.raw());
             }
             Response::Continue
             | Response::Accept

@@ -127,6 +127,19 @@ impl<'a> Reader<'a> {
         rest
     }
 
+    /// Everything left, as one view, once `walk` (called until nothing is
+    /// left) has checked it: validates repeated fields without a view each.
+    pub(crate) fn rest_walked(
+        &mut self,
+        mut walk: impl FnMut(&mut Self) -> Result<(), DecodeError>,
+    ) -> Result<Bytes, DecodeError> {
+        let start = self.rest;
+        while !self.is_empty() {
+            walk(self)?;
+        }
+        Ok(self.view(start))
+    }
+
     /// Everything left up to and including its last NUL; bytes after the
     /// last NUL are dropped, as libmilter does with argument vectors.
     pub(crate) fn rest_to_last_nul(&mut self) -> Bytes {

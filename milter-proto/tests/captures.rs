@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use bytes::BytesMut;
 use milter_proto::frame::DEFAULT_MAX_INBOUND;
 use milter_proto::{
-    Command, Expect, Frame, FrameDecoder, OptNegReply, ProtocolFlags, Response, Session,
+    Command, Expect, Frame, FrameDecoder, MacroLists, OptNegReply, ProtocolFlags, Response, Session,
 };
 
 // The fuzz crate exports these functions; here only the test uses them.
@@ -98,7 +98,7 @@ fn reply_to(command: &Command, expect: Expect, stream_codes: &[u8]) -> Option<Re
                 version: offer.version,
                 actions: offer.actions,
                 protocol,
-                macros: Vec::new(),
+                macros: MacroLists::default(),
             }))
         }
         (Expect::EndOfMessage, _) => Some(Response::Accept),

@@ -4,8 +4,8 @@ use bytes::{Bytes, BytesMut};
 use milter_proto::frame::{self, MAX_DATA_SIZE_64K};
 use milter_proto::{
     Actions, Command, DecodeError, EncodeError, FilterOptions, FrameDecoder, FrameError,
-    NegotiationError, OptNeg, OptNegReply, ProtocolError, ProtocolFlags, ReplyError, Response,
-    Session, SmtpReply, check_reply, negotiate,
+    MacroLists, NegotiationError, OptNeg, OptNegReply, ProtocolError, ProtocolFlags, ReplyError,
+    Response, Session, SmtpReply, check_reply, negotiate,
 };
 
 fn b(s: &'static str) -> Bytes {
@@ -157,6 +157,17 @@ fn decode_error_truncated() {
             field: "macro stage",
         })
     );
+    // The same after a whole first list.
+    assert_eq!(
+        response(
+            b'O',
+            b"\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00j\x00\x00\x00\x00"
+        ),
+        Err(DecodeError::Truncated {
+            code: 'O',
+            field: "macro stage",
+        })
+    );
 }
 
 #[test]
@@ -202,6 +213,28 @@ fn decode_error_missing_nul() {
         Err(DecodeError::MissingNul {
             code: 'e',
             field: "ESMTP arguments",
+        })
+    );
+    // A macro list after the 12 option bytes without its NUL.
+    assert_eq!(
+        response(
+            b'O',
+            b"\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00j {daemon_name}"
+        ),
+        Err(DecodeError::MissingNul {
+            code: 'O',
+            field: "macro list",
+        })
+    );
+    // Or with a stage number and nothing after it.
+    assert_eq!(
+        response(
+            b'O',
+            b"\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00j\x00\x00\x00\x00\x02"
+        ),
+        Err(DecodeError::MissingNul {
+            code: 'O',
+            field: "macro list",
         })
     );
 }
@@ -305,7 +338,7 @@ fn connected(actions: Actions, protocol: ProtocolFlags) -> Session {
         version: 6,
         actions,
         protocol,
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     }))
     .unwrap();
     s.on_command_code(b'C').unwrap();
@@ -487,6 +520,22 @@ fn negotiation_error_protocol_not_offered() {
 }
 
 #[test]
+fn negotiation_error_macro_list() {
+    // A NUL cannot be sent inside a macro list: refused when negotiating,
+    // not later when the reply is encoded.
+    let wanted = FilterOptions {
+        macros: vec![(milter_proto::MacroStage::Mail, "i\0{mail_addr}".to_string())],
+        ..FilterOptions::default()
+    };
+    assert_eq!(
+        negotiate(&OptNeg::POSTFIX, &wanted),
+        Err(NegotiationError::MacroList(EncodeError::InteriorNul {
+            field: "macro list"
+        }))
+    );
+}
+
+#[test]
 fn negotiation_error_not_optneg() {
     assert_eq!(
         milter_proto::check_response(&OptNeg::POSTFIX, &Response::Continue),
@@ -565,6 +614,12 @@ fn encode_error_interior_nul() {
         milter_proto::Envelope::new(b("<a@b>"), ["SIZE=1\0"]),
         Err(EncodeError::InteriorNul {
             field: "ESMTP argument"
+        })
+    );
+    assert_eq!(
+        MacroLists::new([(0, "j"), (2, "i\0{mail_addr}")]),
+        Err(EncodeError::InteriorNul {
+            field: "macro list"
         })
     );
     assert_eq!(&out[..], b"keep");
@@ -744,6 +799,9 @@ fn every_error_displays() {
         Box::new(DecodeError::InvalidAddress("x".into())),
         Box::new(ProtocolError::Closed),
         Box::new(NegotiationError::NotOptNeg('c')),
+        Box::new(NegotiationError::MacroList(EncodeError::InteriorNul {
+            field: "macro list",
+        })),
         Box::new(EncodeError::Empty { field: "f" }),
         Box::new(ReplyError::NoLines),
     ];

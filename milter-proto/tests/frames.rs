@@ -7,8 +7,8 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use milter_proto::frame::{DEFAULT_MAX_INBOUND, MAX_DATA_SIZE_64K, MAX_DATA_SIZE_256K};
 use milter_proto::{
-    Command, Connect, ConnectAddress, Envelope, Frame, FrameDecoder, FrameError, Header,
-    MacroStore, Macros, OptNeg,
+    Actions, Command, Connect, ConnectAddress, Envelope, Frame, FrameDecoder, FrameError, Header,
+    MacroLists, MacroStore, Macros, OptNeg, OptNegReply, ProtocolFlags, Response,
 };
 
 fn b(s: &'static str) -> Bytes {
@@ -496,4 +496,53 @@ fn stored_macro_values_point_into_their_packet() {
     let v = store.get("{daemon_name}").unwrap();
     assert_eq!(v, b("smtpd"));
     assert_within(&v, &frame.payload, "stored macro value");
+}
+
+#[test]
+fn optneg_reply_macro_lists_are_one_view_of_the_frame() {
+    let sent = MacroLists::new([
+        (0, "j {daemon_name}"),
+        (2, "i {mail_addr}"),
+        (3, "{rcpt_addr}"),
+        (5, "{msg_id}"),
+    ])
+    .unwrap();
+    let mut wire = BytesMut::new();
+    Response::OptNeg(OptNegReply {
+        version: 6,
+        actions: Actions::SET_SYMLIST,
+        protocol: ProtocolFlags::empty(),
+        macros: sent.clone(),
+    })
+    .encode(&mut wire, MAX_DATA_SIZE_64K)
+    .unwrap();
+    let frame = frame_in_place(&wire);
+    let Response::OptNeg(reply) = Response::decode(&frame).unwrap() else {
+        panic!("not an OPTNEG reply")
+    };
+    assert_eq!(reply.macros, sent);
+    // One view: everything after the 12 option bytes, in place.
+    let raw = reply.macros.raw();
+    assert_within(raw, &frame.payload, "macro lists");
+    assert_eq!(raw.as_ptr() as usize, frame.payload.as_ptr() as usize + 12);
+    assert_eq!(raw.len(), frame.payload.len() - 12);
+    // Each list read from it is a view too, in order.
+    let lists: Vec<(u32, Bytes)> = reply.macros.iter().collect();
+    for (_, names) in &lists {
+        assert_within(names, raw, "macro list");
+    }
+    assert_eq!(
+        lists,
+        [
+            (0, b("j {daemon_name}")),
+            (2, b("i {mail_addr}")),
+            (3, b("{rcpt_addr}")),
+            (5, b("{msg_id}")),
+        ]
+    );
+    assert_eq!(reply.macros.len(), 4);
+    assert!(!reply.macros.is_empty());
+    assert!(MacroLists::default().is_empty());
+    assert_eq!(MacroLists::default().len(), 0);
+    assert_eq!(MacroLists::default().iter().count(), 0);
 }

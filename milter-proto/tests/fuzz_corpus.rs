@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use milter_proto::{
-    Actions, Command, Connect, ConnectAddress, Envelope, Header, Macros, OptNeg, OptNegReply,
-    ProtocolFlags, Response,
+    Actions, Command, Connect, ConnectAddress, Envelope, Header, MacroLists, Macros, OptNeg,
+    OptNegReply, ProtocolFlags, Response,
 };
 
 // The fuzz crate exports these functions; here only the test uses them.
@@ -210,7 +210,7 @@ fn seed_responses() -> Vec<(&'static str, Response)> {
                 version: 6,
                 actions: Actions::ADD_HEADERS | Actions::SET_SYMLIST,
                 protocol: ProtocolFlags::NR_HEADER | ProtocolFlags::SKIP,
-                macros: vec![(0, b("j {daemon_name}")), (5, b("i"))],
+                macros: MacroLists::new([(0, "j {daemon_name}"), (5, "i")]).unwrap(),
             }),
         ),
         ("continue", Response::Continue),

@@ -13,8 +13,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use milter_proto::frame::DEFAULT_MAX_INBOUND;
 use milter_proto::{
-    Actions, Command, Connect, ConnectAddress, Envelope, Frame, FrameDecoder, Header, Macros,
-    OptNeg, OptNegReply, ProtocolFlags, Response,
+    Actions, Command, Connect, ConnectAddress, Envelope, Frame, FrameDecoder, Header, MacroLists,
+    Macros, OptNeg, OptNegReply, ProtocolFlags, Response,
 };
 
 /// Cuts exactly one frame out of `golden`; the whole vector must be used.
@@ -441,7 +441,7 @@ fn optneg_reply_without_macros() {
         version: 6,
         actions: Actions::ADD_HEADERS | Actions::CHANGE_HEADERS,
         protocol: ProtocolFlags::HEADER_LEADING_SPACE | ProtocolFlags::NR_CONNECT,
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     });
     response_both_ways(golden, &value);
 }
@@ -457,9 +457,40 @@ fn optneg_reply_with_macro_lists() {
         version: 6,
         actions: Actions::ADD_HEADERS | Actions::SET_SYMLIST,
         protocol: ProtocolFlags::empty(),
-        macros: vec![(0, b("j {daemon_name}")), (2, b("{mail_addr}"))],
+        macros: MacroLists::new([(0, "j {daemon_name}"), (2, "{mail_addr}")]).unwrap(),
     });
     response_both_ways(golden, &value);
+    let Response::OptNeg(decoded) = Response::decode(&frame_of(golden)).unwrap() else {
+        panic!("not an OPTNEG reply")
+    };
+    assert_eq!(decoded.macros.len(), 2);
+    assert_eq!(
+        decoded.macros.iter().collect::<Vec<_>>(),
+        [(0, b("j {daemon_name}")), (2, b("{mail_addr}"))]
+    );
+    // The lists are kept in wire form: everything after the 12 option bytes.
+    assert_eq!(&decoded.macros.raw()[..], &golden[17..]);
+}
+
+#[test]
+fn optneg_reply_keeps_unknown_stages_and_empty_lists() {
+    // u32 9 "\0" (4 + 1), u32 0xffffffff "i\0" (4 + 2): 12 + 5 + 6 = 23, len 24.
+    let golden = b"\x00\x00\x00\x18O\x00\x00\x00\x06\x00\x00\x01\x00\x00\x00\x00\x00\
+\x00\x00\x00\x09\x00\xff\xff\xff\xffi\x00";
+    let value = Response::OptNeg(OptNegReply {
+        version: 6,
+        actions: Actions::SET_SYMLIST,
+        protocol: ProtocolFlags::empty(),
+        macros: MacroLists::new([(9, ""), (u32::MAX, "i")]).unwrap(),
+    });
+    response_both_ways(golden, &value);
+    let Response::OptNeg(decoded) = value else {
+        unreachable!()
+    };
+    assert_eq!(
+        decoded.macros.iter().collect::<Vec<_>>(),
+        [(9, Bytes::new()), (u32::MAX, b("i"))]
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use milter_proto::frame::{MAX_DATA_SIZE_1M, MAX_DATA_SIZE_64K, MAX_DATA_SIZE_256K};
 use milter_proto::negotiate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use milter_proto::{
-    Actions, FilterOptions, MacroStage, NegotiationError, OptNeg, OptNegReply, ProtocolFlags as P,
-    check_reply, negotiate,
+    Actions, FilterOptions, MacroLists, MacroStage, NegotiationError, OptNeg, OptNegReply,
+    ProtocolFlags as P, check_reply, negotiate,
 };
 
 fn offer(version: u32, actions: u32, protocol: u32) -> OptNeg {
@@ -297,13 +297,23 @@ fn macro_lists_sent_in_stage_order_with_the_bit() {
     assert!(agreed.reply.actions.contains(Actions::SET_SYMLIST));
     assert!(agreed.actions.contains(Actions::SET_SYMLIST));
     assert_eq!(
-        agreed.reply.macros,
+        agreed.reply.macros.iter().collect::<Vec<_>>(),
         vec![
             (0, Bytes::from_static(b"j {daemon_name}")),
             (2, Bytes::from_static(b"{mail_addr}")),
             (5, Bytes::from_static(b"{msg_id}")),
             (6, Bytes::from_static(b"i")),
         ]
+    );
+    assert_eq!(
+        agreed.reply.macros,
+        MacroLists::new([
+            (0, "j {daemon_name}"),
+            (2, "{mail_addr}"),
+            (5, "{msg_id}"),
+            (6, "i"),
+        ])
+        .unwrap()
     );
     let mta = check_reply(&OptNeg::POSTFIX, &agreed.reply).unwrap();
     assert!(mta.macros_sent);
@@ -353,7 +363,7 @@ fn reply(version: u32, actions: u32, protocol: u32) -> OptNegReply {
         version,
         actions: Actions::from_bits_retain(actions),
         protocol: P::from_bits_retain(protocol),
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     }
 }
 

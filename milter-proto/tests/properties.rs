@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use milter_proto::frame::DEFAULT_MAX_INBOUND;
 use milter_proto::{
-    Actions, Command, Connect, ConnectAddress, Envelope, FrameDecoder, Header, Macros, OptNeg,
-    OptNegReply, ProtocolFlags, Response, Session, SmtpReply, SocketSpec,
+    Actions, Command, Connect, ConnectAddress, Envelope, FrameDecoder, Header, MacroLists, Macros,
+    OptNeg, OptNegReply, ProtocolFlags, Response, Session, SmtpReply, SocketSpec,
 };
 use proptest::prelude::*;
 
@@ -100,7 +100,7 @@ fn optneg_reply() -> impl Strategy<Value = OptNegReply> {
             version,
             actions: Actions::from_bits_retain(a),
             protocol: ProtocolFlags::from_bits_retain(p),
-            macros,
+            macros: MacroLists::new(macros).unwrap(),
         })
 }
 
@@ -163,6 +163,16 @@ proptest! {
         let frame = decode_single(&wire);
         prop_assert_eq!(frame.code, resp.code());
         prop_assert_eq!(Response::decode(&frame).unwrap(), resp);
+    }
+
+    #[test]
+    fn macro_lists_read_back_as_built(
+        lists in proptest::collection::vec((any::<u32>(), cstr()), 0..8),
+    ) {
+        let built = MacroLists::new(lists.clone()).unwrap();
+        prop_assert_eq!(built.len(), lists.len());
+        prop_assert_eq!(built.is_empty(), lists.is_empty());
+        prop_assert_eq!(built.iter().collect::<Vec<_>>(), lists);
     }
 
     #[test]
@@ -310,7 +320,7 @@ proptest! {
                     version: 6,
                     actions: Actions::from_bits_retain(a),
                     protocol: ProtocolFlags::from_bits_retain(p),
-                    macros: Vec::new(),
+                    macros: MacroLists::default(),
                 }));
             } else {
                 let before = s.pending_reply();

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use milter_proto::{
-    Actions, Command, CommandEffect, Expect, MessageStage, OptNegReply, ProtocolError,
+    Actions, Command, CommandEffect, Expect, MacroLists, MessageStage, OptNegReply, ProtocolError,
     ProtocolFlags as P, Response, ResponseEffect, Session,
 };
 
@@ -16,7 +16,7 @@ fn optneg_reply(actions: Actions, protocol: P) -> Response {
         version: 6,
         actions,
         protocol,
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     })
 }
 

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use milter_client::milter_proto::{
-    Actions, Bytes, BytesMut, Command, FrameDecoder, OptNegReply, ProtocolFlags, Response, Session,
+    Actions, Bytes, BytesMut, Command, FrameDecoder, MacroLists, OptNegReply, ProtocolFlags,
+    Response, Session,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -34,7 +35,7 @@ pub(crate) fn optneg(actions: Actions, protocol: ProtocolFlags) -> OptNegReply {
         version: 6,
         actions,
         protocol,
-        macros: Vec::new(),
+        macros: MacroLists::default(),
     }
 }
 

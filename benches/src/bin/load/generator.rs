@@ -958,7 +958,7 @@ mod tests {
             version: 6,
             actions: Default::default(),
             protocol: ProtocolFlags::NO_HELO | ProtocolFlags::NR_HEADER | ProtocolFlags::NO_BODY,
-            macros: Vec::new(),
+            macros: Default::default(),
         };
         let mut conv = conv_for(&pk, &reply);
         conv.begin(S_CONNECT);
