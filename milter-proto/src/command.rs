@@ -162,6 +162,11 @@ impl Macros {
         &self.data
     }
 
+    /// The raw pairs, consuming the packet.
+    pub(crate) fn into_raw(self) -> Bytes {
+        self.data
+    }
+
     /// The name/value pairs. A name without a value (an odd number of
     /// strings, which Sendmail has been seen to send) gets an empty value;
     /// bytes after the last NUL are ignored, as libmilter does.
@@ -185,7 +190,12 @@ pub struct MacroPairs<'a> {
     pos: usize,
 }
 
-impl MacroPairs<'_> {
+impl<'a> MacroPairs<'a> {
+    /// The pairs of raw NUL-separated macro data.
+    pub(crate) fn of(data: &'a Bytes) -> Self {
+        MacroPairs { data, pos: 0 }
+    }
+
     fn next_str(&mut self) -> Option<Bytes> {
         let rest = self.data.get(self.pos..)?;
         let end = rest.iter().position(|&b| b == 0)?;

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{Macros, code};
+use crate::command::{MacroPairs, Macros, code};
 
 /// Storage slots, in libmilter's internal order (EOH before EOM).
 const SLOTS: usize = 7;
@@ -35,7 +35,10 @@ fn slot(stage: u8) -> Option<usize> {
 /// Values are views into the frames they arrived in: storing costs no copy.
 #[derive(Debug, Clone, Default)]
 pub struct MacroStore {
-    slots: [Option<Macros>; SLOTS],
+    /// Each stage's raw pairs; empty when the stage has none. (Raw bytes
+    /// rather than `Option<Macros>`: a store lives as long as its
+    /// connection, idle ones included, so its size counts.)
+    slots: [Bytes; SLOTS],
     /// Slots set since the last [`MacroStore::detach`].
     fresh: [bool; SLOTS],
 }
@@ -51,7 +54,7 @@ impl MacroStore {
         if let Some(i) = slot(macros.stage)
             && let (Some(s), Some(fresh)) = (self.slots.get_mut(i), self.fresh.get_mut(i))
         {
-            *s = Some(macros);
+            *s = macros.into_raw();
             *fresh = true;
         }
     }
@@ -66,7 +69,7 @@ impl MacroStore {
             },
         };
         for s in self.slots.iter_mut().skip(from) {
-            *s = None;
+            *s = Bytes::new();
         }
     }
 
@@ -74,11 +77,9 @@ impl MacroStore {
     /// no longer keeps alive the (much larger) read buffers the packets
     /// arrived in. A server calls this before a connection goes idle.
     pub fn detach(&mut self) {
-        for (macros, fresh) in self.slots.iter_mut().zip(self.fresh.iter_mut()) {
-            if let Some(m) = macros
-                && *fresh
-            {
-                m.detach();
+        for (raw, fresh) in self.slots.iter_mut().zip(self.fresh.iter_mut()) {
+            if *fresh && !raw.is_empty() {
+                *raw = Bytes::copy_from_slice(raw);
             }
             *fresh = false;
         }
@@ -100,9 +101,8 @@ impl MacroStore {
             [c] => (name, Some([b'{', *c, b'}'])),
             _ => (name, None),
         };
-        self.slots.iter().rev().flatten().find_map(|macros| {
-            macros
-                .pairs()
+        self.stored().find_map(|mut pairs| {
+            pairs
                 .find(|(n, _)| {
                     let n = n.as_ref();
                     n == name || n == bare || braced.as_ref().is_some_and(|b| n == b)
@@ -120,6 +120,15 @@ impl MacroStore {
     /// Every visible macro, latest stage first (a name may appear more than
     /// once if several stages define it; the first one is what `get` returns).
     pub fn iter(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        self.slots.iter().rev().flatten().flat_map(|m| m.pairs())
+        self.stored().flatten()
+    }
+
+    /// The stored stages' pairs, latest stage first.
+    fn stored(&self) -> impl Iterator<Item = MacroPairs<'_>> + '_ {
+        self.slots
+            .iter()
+            .rev()
+            .filter(|raw| !raw.is_empty())
+            .map(MacroPairs::of)
     }
 }
