@@ -116,7 +116,7 @@ pub async fn serve_connection<M: Milter, T: Transport>(
     config: &Config,
 ) -> Result<(), SessionError> {
     let never = CancellationToken::new();
-    run(io, milter, config, next_id(), &never, &never).await
+    run(io, milter, config, next_id(), &never, &never, ()).await
 }
 
 pub(crate) fn next_id() -> u64 {
@@ -211,13 +211,34 @@ struct Conn<'c, M: Milter> {
     /// The filter's stages and no-reply stages as negotiated.
     options: Options,
     message: Option<M::Message>,
-    /// The span of the message in progress; its `queue_id` is filled in
-    /// when the MTA's `i` macro arrives.
-    message_span: Span,
-    queue_id_known: bool,
+    /// Only while a message is in progress (see [`MessageExtras`]).
+    extras: Option<Box<MessageExtras>>,
     out: BytesMut,
+}
+
+/// What the server keeps for a message in progress: created at MAIL,
+/// dropped when the message ends, so that an idle connection's task does
+/// not carry it.
+struct MessageExtras {
+    /// The message's span; its `queue_id` is filled in when the MTA's `i`
+    /// macro arrives.
+    span: Span,
+    queue_id_known: bool,
+    /// Header and recipient modifications of the end-of-message callback.
     mods: BytesMut,
+    /// Replacement body packets of the end-of-message callback.
     body: BytesMut,
+}
+
+impl MessageExtras {
+    fn new(span: Span) -> Box<Self> {
+        Box::new(Self {
+            span,
+            queue_id_known: false,
+            mods: BytesMut::new(),
+            body: BytesMut::new(),
+        })
+    }
 }
 
 fn initial_agreed() -> Agreed {
@@ -386,13 +407,14 @@ impl<M: Milter> Conn<'_, M> {
             }
             Command::Macro(m) => {
                 self.view.macros.set(m);
-                if !self.queue_id_known
-                    && !self.message_span.is_disabled()
+                if let Some(x) = self.extras.as_mut()
+                    && !x.queue_id_known
+                    && !x.span.is_disabled()
                     && let Some(id) = self.view.macros.get("i")
                 {
-                    self.message_span
+                    x.span
                         .record("queue_id", String::from_utf8_lossy(&id).as_ref());
-                    self.queue_id_known = true;
+                    x.queue_id_known = true;
                 }
                 None
             }
@@ -427,10 +449,12 @@ impl<M: Milter> Conn<'_, M> {
             Command::EndOfMessage(chunk) => {
                 let status = self.end_of_message(chunk, io).await?;
                 let response = self.status_to_response(status, true);
-                self.out.extend_from_slice(&self.mods);
-                self.out.extend_from_slice(&self.body);
-                self.mods.clear();
-                self.body.clear();
+                if let Some(x) = self.extras.as_mut() {
+                    self.out.extend_from_slice(&x.mods);
+                    self.out.extend_from_slice(&x.body);
+                    x.mods.clear();
+                    x.body.clear();
+                }
                 self.reply(&response)?;
                 self.message = None;
                 return Ok(Flow::Continue);
@@ -515,11 +539,14 @@ impl<M: Milter> Conn<'_, M> {
                 Err(failure) => return Ok(failed(self.config, self.id, "body", failure)),
             }
         }
+        let extras = self
+            .extras
+            .get_or_insert_with(|| MessageExtras::new(Span::none()));
         let mut eom = EomContext {
             ctx: self.view.ctx(),
             out: &mut self.out,
-            mods: &mut self.mods,
-            body: &mut self.body,
+            mods: &mut extras.mods,
+            body: &mut extras.body,
             io,
             max_payload: self.view.agreed.max_data_size,
             body_replaced: false,
@@ -530,8 +557,8 @@ impl<M: Milter> Conn<'_, M> {
             Ok(status) => status,
             Err(failure) => {
                 // Modifications of a failed callback are not sent.
-                self.mods.clear();
-                self.body.clear();
+                extras.mods.clear();
+                extras.body.clear();
                 failed(self.config, self.id, "eom", failure)
             }
         })
@@ -562,58 +589,77 @@ const IDLE_READ_RESERVE: usize = 512;
 /// A read buffer larger than this is released once it is empty.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
-pub(crate) async fn run<M: Milter, T: Transport>(
+/// Runs a session to its end; `guard` (the connection-limit permit) is
+/// dropped at the end.
+///
+/// The returned future is the whole task of a session, so what it holds
+/// is what every idle connection costs. Hence a plain function returning
+/// an `async move` block that owns everything (the caller need not wrap it
+/// in another block holding a second copy of the stream), rather than an
+/// `async fn`, which keeps its arguments twice.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<'a, M, T, C, K, G>(
     mut io: T,
     milter: M,
-    config: &Config,
+    config: C,
     id: u64,
-    graceful: &CancellationToken,
-    hard: &CancellationToken,
-) -> Result<(), SessionError> {
-    let mut conn = Conn {
-        milter,
-        id,
-        config,
-        session: Session::new(),
-        view: View {
+    graceful: K,
+    hard: K,
+    guard: G,
+) -> impl Future<Output = Result<(), SessionError>> + 'a
+where
+    M: Milter + 'a,
+    T: Transport + 'a,
+    C: std::ops::Deref<Target = Config> + 'a,
+    K: std::borrow::Borrow<CancellationToken> + 'a,
+    G: 'a,
+{
+    async move {
+        let config: &Config = &config;
+        let (graceful, hard) = (graceful.borrow(), hard.borrow());
+        let mut conn = Conn {
+            milter,
             id,
-            macros: MacroStore::new(),
-            client: None,
-            agreed: initial_agreed(),
-        },
-        fake_no_reply: ProtocolFlags::empty(),
-        options: Options::default(),
-        message: None,
-        message_span: Span::none(),
-        queue_id_known: false,
-        out: BytesMut::new(),
-        mods: BytesMut::new(),
-        body: BytesMut::new(),
-    };
-    let result = tokio::select! {
-        biased;
-        () = hard.cancelled() => Err(SessionError::Shutdown),
-        r = serve(&mut conn, &mut io, graceful) => r,
-    };
-    match &result {
-        Ok(Ended::Quit) => {}
-        Ok(Ended::Shutdown) | Err(SessionError::Closed) => {
-            Box::pin(conn.lost()).await;
-        }
-        Err(e) => {
-            if !matches!(e, SessionError::Shutdown) {
-                warn!(conn = id, error = %e, "closing milter session");
+            config,
+            session: Session::new(),
+            view: View {
+                id,
+                macros: MacroStore::new(),
+                client: None,
+                agreed: initial_agreed(),
+            },
+            fake_no_reply: ProtocolFlags::empty(),
+            options: Options::default(),
+            message: None,
+            extras: None,
+            out: BytesMut::new(),
+        };
+        let result = tokio::select! {
+            biased;
+            () = hard.cancelled() => Err(SessionError::Shutdown),
+            r = serve(&mut conn, &mut io, graceful) => r,
+        };
+        match &result {
+            Ok(Ended::Quit) => {}
+            Ok(Ended::Shutdown) | Err(SessionError::Closed) => {
+                Box::pin(conn.lost()).await;
             }
-            Box::pin(conn.lost()).await;
+            Err(e) => {
+                if !matches!(e, SessionError::Shutdown) {
+                    warn!(conn = id, error = %e, "closing milter session");
+                }
+                Box::pin(conn.lost()).await;
+            }
         }
-    }
-    if !matches!(result, Ok(Ended::Quit)) {
-        // Tell the MTA at once; after QUIT it closes by itself.
-        let _ = io.shutdown().await;
-    }
-    match result {
-        Ok(_) | Err(SessionError::Closed) => Ok(()),
-        Err(e) => Err(e),
+        if !matches!(result, Ok(Ended::Quit)) {
+            // Tell the MTA at once; after QUIT it closes by itself.
+            let _ = io.shutdown().await;
+        }
+        drop(guard);
+        match result {
+            Ok(_) | Err(SessionError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -642,20 +688,30 @@ async fn serve<M: Milter, T: Transport>(
     tokio::pin!(shutdown);
     loop {
         // Every whole frame in the buffer, then one write for all replies.
-        while let Some(frame) = decoder.decode(&mut buf)? {
-            let command = Command::decode(&frame)?;
-            drop(frame);
-            if matches!(command, Command::Mail(_)) {
-                conn.message_span = info_span!("message", queue_id = tracing::field::Empty);
-                conn.queue_id_known = false;
-            }
-            debug!(conn = conn.id, command = %char::from(command.code()), "received");
-            let span = conn.message_span.clone();
-            // Boxed: the command future is large and would otherwise sit
-            // in every idle connection's task.
-            let flow = Box::pin(conn.handle(command, io).instrument(span)).await?;
+        loop {
+            // The command is moved into the boxed future before the await,
+            // inside this block, so that neither it nor the decoder's
+            // result takes room in this future's saved state.
+            let handling = {
+                let Some(command) = next_command(&mut decoder, &mut buf)? else {
+                    break;
+                };
+                if matches!(command, Command::Mail(_)) {
+                    let span = info_span!("message", queue_id = tracing::field::Empty);
+                    conn.extras = Some(MessageExtras::new(span));
+                }
+                debug!(conn = conn.id, command = %char::from(command.code()), "received");
+                let span = conn
+                    .extras
+                    .as_ref()
+                    .map_or_else(Span::none, |x| x.span.clone());
+                // Boxed: the command future is large and would otherwise
+                // sit in every idle connection's task.
+                Box::pin(conn.handle(command, io).instrument(span))
+            };
+            let flow = handling.await?;
             if !conn.session.in_message() {
-                conn.message_span = Span::none();
+                conn.extras = None;
             }
             if let Flow::Quit = flow {
                 flush(conn, io).await?;
@@ -672,10 +728,18 @@ async fn serve<M: Milter, T: Transport>(
             // Nothing of ours carries the ACK of what we read: send it now.
             io.after_read();
         }
-        if buf.is_empty() && (between_messages || buf.capacity() > SHRINK_ABOVE) {
-            // Between messages an idle connection keeps no read buffer; the
-            // macros it still needs are copied out of it first.
-            conn.view.macros.detach();
+        if between_messages {
+            // Between messages a connection keeps no buffer: not the read
+            // buffer (the macros it still needs are copied out of it
+            // first), nor the reply buffer.
+            if buf.is_empty() {
+                conn.view.macros.detach();
+                buf = BytesMut::new();
+            }
+            if conn.out.is_empty() && conn.out.capacity() > 0 {
+                conn.out = BytesMut::new();
+            }
+        } else if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
             buf = BytesMut::new();
         }
         let wait = async {
@@ -722,6 +786,17 @@ async fn serve<M: Milter, T: Transport>(
     }
 }
 
+/// The next whole command in `buf`, if any.
+fn next_command(
+    decoder: &mut FrameDecoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Command>, SessionError> {
+    match decoder.decode(buf)? {
+        Some(frame) => Ok(Some(Command::decode(&frame)?)),
+        None => Ok(None),
+    }
+}
+
 /// Writes the replies of a turn; tells whether anything was written.
 async fn flush<M: Milter, T: Transport>(
     conn: &mut Conn<'_, M>,
@@ -747,9 +822,11 @@ async fn flush<M: Milter, T: Transport>(
         None => 0,
     };
     if written < conn.out.len() {
+        // The slow path, with its timer, is boxed so that its state is not
+        // reserved in every session's task.
         let limit = conn.config.write_timeout;
         let rest = conn.out.get(written..).unwrap_or_default();
-        match tokio::time::timeout(limit, io.write_all(rest)).await {
+        match Box::pin(tokio::time::timeout(limit, io.write_all(rest))).await {
             Err(_) => return Err(SessionError::WriteTimeout(limit)),
             Ok(r) => r?,
         }
