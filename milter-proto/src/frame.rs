@@ -105,6 +105,17 @@ impl FrameDecoder {
             buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
+        if len == 1 {
+            // No payload (DATA, EOH, ABORT, QUIT, CONTINUE, ACCEPT, ...):
+            // nothing to share, so no view of the buffer and no reference
+            // count traffic.
+            let code = buf.get(LEN_BYTES).copied().unwrap_or_default();
+            buf.advance(total);
+            return Ok(Some(Frame {
+                code,
+                payload: Bytes::new(),
+            }));
+        }
         buf.advance(LEN_BYTES);
         let mut frame = buf.split_to(len).freeze();
         let code = frame.get_u8();
