@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use milter_proto::command::code as cmd;
 use milter_proto::{
-    Agreed, Command, Connect, Expect, FilterOptions, FrameDecoder, MacroStore, OptNeg,
+    Actions, Command, Connect, Expect, FilterOptions, FrameDecoder, MacroStore, OptNeg,
     ProtocolFlags, Response, Session, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::config::{Config, FailurePolicy};
-use crate::context::{Context, EomContext};
+use crate::context::{Context, EomContext, Negotiated};
 use crate::error::SessionError;
 use crate::milter::{BoxError, Milter, Options, Stages, Status};
 
@@ -186,7 +186,7 @@ struct View {
     id: u64,
     macros: MacroStore,
     client: Option<Connect>,
-    agreed: Agreed,
+    agreed: Negotiated,
 }
 
 impl View {
@@ -208,8 +208,8 @@ struct Conn<'c, M: Milter> {
     view: View,
     /// No-reply bits the filter wanted but the MTA does not know: answer CONTINUE.
     fake_no_reply: ProtocolFlags,
-    /// The filter's stages and no-reply stages as negotiated.
-    options: Options,
+    /// The stages whose callbacks the filter implements, as negotiated.
+    stages: Stages,
     message: Option<M::Message>,
     /// Only while a message is in progress (see [`MessageExtras`]).
     extras: Option<Box<MessageExtras>>,
@@ -241,15 +241,12 @@ impl MessageExtras {
     }
 }
 
-fn initial_agreed() -> Agreed {
-    Agreed {
-        reply: Default::default(),
+fn initial_agreed() -> Negotiated {
+    Negotiated {
         version: 0,
-        actions: Default::default(),
+        actions: Actions::empty(),
         protocol: ProtocolFlags::empty(),
-        fake_no_reply: ProtocolFlags::empty(),
         max_data_size: milter_proto::frame::MAX_DATA_SIZE_64K,
-        macros_sent: false,
     }
 }
 
@@ -358,7 +355,7 @@ impl<M: Milter> Conn<'_, M> {
     }
 
     async fn negotiate(&mut self, offer: &OptNeg) -> Result<(), SessionError> {
-        let options =
+        let mut options =
             match guarded(self.config.callback_timeout, self.milter.negotiate(offer)).await {
                 Ok(o) => o,
                 Err(failure) => return Err(SessionError::NegotiateCallback(failure.to_string())),
@@ -367,13 +364,18 @@ impl<M: Milter> Conn<'_, M> {
             actions: options.actions,
             protocol: wanted_protocol(&options, offer),
             max_data_size: options.max_data_size,
-            macros: options.macros.clone(),
+            macros: std::mem::take(&mut options.macros),
         };
         let agreed = negotiate(offer, &wanted)?;
         self.fake_no_reply = agreed.fake_no_reply;
-        self.options = options;
-        let reply = Response::OptNeg(agreed.reply.clone());
-        self.view.agreed = agreed;
+        self.stages = options.stages;
+        self.view.agreed = Negotiated {
+            version: agreed.version,
+            actions: agreed.actions,
+            protocol: agreed.protocol,
+            max_data_size: agreed.max_data_size,
+        };
+        let reply = Response::OptNeg(agreed.reply);
         debug!(conn = self.id, version = self.view.agreed.version, actions = ?self.view.agreed.actions, protocol = ?self.view.agreed.protocol, "negotiated");
         self.reply(&reply)
     }
@@ -399,7 +401,7 @@ impl<M: Milter> Conn<'_, M> {
         if effect.message_started {
             self.message = Some(M::Message::default());
         }
-        let wants_callback = self.options.stages.contains(stage_of(code));
+        let wants_callback = self.stages.contains(stage_of(code));
         let status: Option<Status> = match command {
             Command::OptNeg(offer) => {
                 self.negotiate(&offer).await?;
@@ -529,7 +531,7 @@ impl<M: Milter> Conn<'_, M> {
     ) -> Result<Status, SessionError> {
         let limit = self.config.callback_timeout;
         let msg = self.message.get_or_insert_with(M::Message::default);
-        if !chunk.is_empty() && self.options.stages.contains(Stages::BODY) {
+        if !chunk.is_empty() && self.stages.contains(Stages::BODY) {
             let ctx = self.view.ctx();
             // libmilter would send the body decision and then the EOM one
             // (two replies to one command); a decision here is final instead.
@@ -629,7 +631,7 @@ where
                 agreed: initial_agreed(),
             },
             fake_no_reply: ProtocolFlags::empty(),
-            options: Options::default(),
+            stages: Options::default().stages,
             message: None,
             extras: None,
             out: BytesMut::new(),

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
 use milter_proto::frame::CHUNK_SIZE;
-use milter_proto::{Actions, Agreed, Connect, EncodeError, MacroStore, ProtocolFlags, Response};
+use milter_proto::{Actions, Connect, EncodeError, MacroStore, ProtocolFlags, Response};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// A modification that cannot be made.
@@ -31,7 +31,18 @@ pub struct Context<'a> {
     pub(crate) id: u64,
     pub(crate) macros: &'a MacroStore,
     pub(crate) client: Option<&'a Connect>,
-    pub(crate) agreed: &'a Agreed,
+    pub(crate) agreed: &'a Negotiated,
+}
+
+/// What a session keeps of the negotiation (not the whole
+/// [`milter_proto::Agreed`], whose reply copy every idle connection would
+/// carry).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated {
+    pub(crate) version: u32,
+    pub(crate) actions: Actions,
+    pub(crate) protocol: ProtocolFlags,
+    pub(crate) max_data_size: usize,
 }
 
 impl<'a> Context<'a> {
