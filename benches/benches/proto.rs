@@ -299,7 +299,7 @@ fn decode_commands(c: &mut Criterion) {
                     || read_buffer(&wire),
                     |buf| {
                         let frame = decoder.decode(buf).unwrap().unwrap();
-                        Command::decode(&frame).unwrap()
+                        Command::from_frame(frame).unwrap()
                     },
                 )
             });
@@ -347,7 +347,7 @@ fn decode_commands_stream(c: &mut Criterion) {
             bench.iter_custom(|iters| {
                 iter_stream(iters, &wire, |buf| {
                     let frame = decoder.decode(buf).unwrap().unwrap();
-                    Command::decode(&frame).unwrap()
+                    Command::from_frame(frame).unwrap()
                 })
             });
         });
@@ -449,7 +449,7 @@ fn whole_message(c: &mut Criterion) {
                 |buf| {
                     let mut n = 0usize;
                     while let Some(frame) = decoder.decode(buf).unwrap() {
-                        black_box(Command::decode(&frame).unwrap());
+                        black_box(Command::from_frame(frame).unwrap());
                         n += 1;
                     }
                     assert_eq!(n, message.len());
@@ -492,7 +492,7 @@ fn body_sizes(c: &mut Criterion) {
                     },
                     |buf| {
                         let frame = decoder.decode(buf).unwrap().unwrap();
-                        let Command::Body(chunk) = Command::decode(&frame).unwrap() else {
+                        let Command::Body(chunk) = Command::from_frame(frame).unwrap() else {
                             unreachable!("a body frame")
                         };
                         assert_eq!(chunk.len(), size);

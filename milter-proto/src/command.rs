@@ -350,6 +350,27 @@ impl Command {
         Self::decode_parts(frame.code, &frame.payload)
     }
 
+    /// As [`Command::decode`], consuming the frame, which lets a CONNECT's
+    /// host name become the frame's own view of the buffer instead of a new
+    /// one (a reference count less). The way to decode in a read loop.
+    pub fn from_frame(frame: Frame) -> Result<Command, DecodeError> {
+        if frame.code != code::CONNECT {
+            return Self::decode_parts(frame.code, &frame.payload);
+        }
+        let mut payload = frame.payload;
+        let mut r = Reader::new(code::CONNECT, &payload);
+        let (host_len, address) = connect_fields(&mut r)?;
+        r.finish()?;
+        // The host name comes first: the payload cut to it is its view.
+        let hostname = if host_len == 0 {
+            Bytes::new()
+        } else {
+            payload.truncate(host_len);
+            payload
+        };
+        Ok(Command::Connect(Connect { hostname, address }))
+    }
+
     /// Decodes a command byte and its payload.
     pub fn decode_parts(code: u8, payload: &Bytes) -> Result<Command, DecodeError> {
         let mut r = Reader::new(code, payload);
@@ -372,22 +393,11 @@ impl Command {
                 }));
             }
             code::CONNECT => {
-                let hostname = r.cstr("host name")?;
-                let family = r.u8("family")?;
-                let address = match family {
-                    b'U' => ConnectAddress::Unknown,
-                    b'L' => {
-                        r.u16("port")?;
-                        ConnectAddress::Unix(r.cstr("socket path")?)
-                    }
-                    b'4' | b'6' => {
-                        let port = r.u16("port")?;
-                        let text = r.cstr_slice("address")?;
-                        ConnectAddress::Inet(SocketAddr::new(parse_ip(family, text)?, port))
-                    }
-                    other => return Err(DecodeError::UnknownFamily(other)),
-                };
-                Command::Connect(Connect { hostname, address })
+                let (host_len, address) = connect_fields(&mut r)?;
+                Command::Connect(Connect {
+                    hostname: payload.slice(..host_len),
+                    address,
+                })
             }
             code::HELO => Command::Helo(r.cstr("HELO name")?),
             code::MAIL | code::RCPT => {
@@ -482,6 +492,27 @@ impl Command {
         }
         w.finish(max_payload)
     }
+}
+
+/// The fields of a CONNECT payload: the host name's length (it starts the
+/// payload) and the address.
+fn connect_fields(r: &mut Reader<'_>) -> Result<(usize, ConnectAddress), DecodeError> {
+    let host_len = r.cstr_slice("host name")?.len();
+    let family = r.u8("family")?;
+    let address = match family {
+        b'U' => ConnectAddress::Unknown,
+        b'L' => {
+            r.u16("port")?;
+            ConnectAddress::Unix(r.cstr("socket path")?)
+        }
+        b'4' | b'6' => {
+            let port = r.u16("port")?;
+            let text = r.cstr_slice("address")?;
+            ConnectAddress::Inet(SocketAddr::new(parse_ip(family, text)?, port))
+        }
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok((host_len, address))
 }
 
 /// Parses a connect address: dotted quad for `'4'`; for `'6'` an IPv6

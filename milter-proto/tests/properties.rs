@@ -153,7 +153,8 @@ proptest! {
         cmd.encode(&mut wire, DEFAULT_MAX_INBOUND).unwrap();
         let frame = decode_single(&wire);
         prop_assert_eq!(frame.code, cmd.code());
-        prop_assert_eq!(Command::decode(&frame).unwrap(), cmd);
+        prop_assert_eq!(Command::decode(&frame).unwrap(), cmd.clone());
+        prop_assert_eq!(Command::from_frame(frame).unwrap(), cmd);
     }
 
     #[test]
@@ -235,7 +236,21 @@ proptest! {
 
     #[test]
     fn command_decode_never_panics(code in any::<u8>(), payload in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = Command::decode_parts(code, &Bytes::from(payload));
+        let payload = Bytes::from(payload);
+        let shared = Command::decode_parts(code, &payload);
+        // Consuming the frame decodes to the same thing, errors included.
+        let owned = Command::from_frame(milter_proto::Frame { code, payload });
+        prop_assert_eq!(shared, owned);
+    }
+
+    #[test]
+    fn a_consumed_connect_frame_decodes_like_a_borrowed_one(
+        payload in proptest::collection::vec(prop_oneof![Just(0u8), Just(b'4'), Just(b'6'), Just(b'L'), Just(b'U'), Just(b':'), Just(b'.'), any::<u8>()], 0..60),
+    ) {
+        let payload = Bytes::from(payload);
+        let shared = Command::decode_parts(b'C', &payload);
+        let owned = Command::from_frame(milter_proto::Frame { code: b'C', payload });
+        prop_assert_eq!(shared, owned);
     }
 
     #[test]

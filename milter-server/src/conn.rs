@@ -794,7 +794,7 @@ fn next_command(
     buf: &mut BytesMut,
 ) -> Result<Option<Command>, SessionError> {
     match decoder.decode(buf)? {
-        Some(frame) => Ok(Some(Command::decode(&frame)?)),
+        Some(frame) => Ok(Some(Command::from_frame(frame)?)),
         None => Ok(None),
     }
 }
