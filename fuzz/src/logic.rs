@@ -74,10 +74,17 @@ pub fn command(data: &[u8]) {
     }
 }
 
-/// Checks one command payload: if it decodes, the value re-encodes, the
-/// encoding decodes to the same value, and encoding is stable.
+/// Checks one command payload: consuming the frame decodes exactly like
+/// borrowing it; if it decodes, the value re-encodes, the encoding decodes
+/// to the same value, and encoding is stable.
 fn command_parts(code: u8, payload: &Bytes) {
-    let Ok(cmd) = Command::decode_parts(code, payload) else {
+    let decoded = Command::decode_parts(code, payload);
+    let consumed = Command::from_frame(Frame {
+        code,
+        payload: payload.clone(),
+    });
+    assert_eq!(decoded, consumed, "from_frame differs from decode");
+    let Ok(cmd) = decoded else {
         return;
     };
     assert_eq!(cmd.code(), code);
