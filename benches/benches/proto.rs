@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use milter_proto::frame::{DEFAULT_MAX_INBOUND, MAX_DATA_SIZE_64K};
 use milter_proto::{
-    Actions, Command, Connect, ConnectAddress, Envelope, FrameDecoder, Header, MacroLists, Macros,
-    OptNeg, OptNegReply, ProtocolFlags, Response,
+    Actions, Command, Connect, ConnectAddress, Envelope, Frame, FrameDecoder, Header, MacroLists,
+    Macros, OptNeg, OptNegReply, ProtocolFlags, Response,
 };
 
 fn b(s: &'static str) -> Bytes {
@@ -286,28 +286,6 @@ fn iter_fresh<O>(
     total
 }
 
-fn decode_commands(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decode_command");
-    for (name, cmd) in commands() {
-        let wire = encoded(&cmd);
-        g.bench_function(name, |bench| {
-            let mut decoder = FrameDecoder::default();
-            bench.iter_custom(|iters| {
-                iter_fresh(
-                    iters,
-                    1024,
-                    || read_buffer(&wire),
-                    |buf| {
-                        let frame = decoder.decode(buf).unwrap().unwrap();
-                        Command::from_frame(frame).unwrap()
-                    },
-                )
-            });
-        });
-    }
-    g.finish();
-}
-
 /// Times `decode` on frames cut one after another from a single read
 /// buffer holding up to 256 copies of `wire` back to back, as a server's
 /// reused read buffer holds them: the buffer's control block and the next
@@ -337,42 +315,98 @@ fn iter_stream<O>(iters: u64, wire: &[u8], mut decode: impl FnMut(&mut BytesMut)
     total
 }
 
-/// Decode of every command kind from one read buffer (see [`iter_stream`]).
-fn decode_commands_stream(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decode_command_stream");
-    for (name, cmd) in commands() {
-        let wire = encoded(&cmd);
+/// How each timed decode gets its frame.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// Each frame in its own read buffer (see [`iter_fresh`]).
+    FreshBuffer,
+    /// Frames back to back in one read buffer (see [`iter_stream`]).
+    ReadBuffer,
+}
+
+/// One benchmark per frame in `frames`: cut it with a [`FrameDecoder`],
+/// then `decode` it.
+fn bench_decode<O>(
+    c: &mut Criterion,
+    group: &str,
+    setup: Setup,
+    frames: Vec<(&'static str, Vec<u8>)>,
+    decode: impl Fn(Frame) -> O + Copy,
+) {
+    let mut g = c.benchmark_group(group);
+    for (name, wire) in frames {
         g.bench_function(name, |bench| {
             let mut decoder = FrameDecoder::default();
-            bench.iter_custom(|iters| {
-                iter_stream(iters, &wire, |buf| {
-                    let frame = decoder.decode(buf).unwrap().unwrap();
-                    Command::from_frame(frame).unwrap()
-                })
+            let mut cut = |buf: &mut BytesMut| decode(decoder.decode(buf).unwrap().unwrap());
+            bench.iter_custom(|iters| match setup {
+                Setup::FreshBuffer => iter_fresh(iters, 1024, || read_buffer(&wire), &mut cut),
+                Setup::ReadBuffer => iter_stream(iters, &wire, &mut cut),
             });
         });
     }
     g.finish();
 }
 
-/// Decode of every response kind from one read buffer (see [`iter_stream`]).
+fn command_frames() -> Vec<(&'static str, Vec<u8>)> {
+    commands()
+        .into_iter()
+        .map(|(name, cmd)| (name, encoded(&cmd)))
+        .collect()
+}
+
+fn response_frames() -> Vec<(&'static str, Vec<u8>)> {
+    responses()
+        .into_iter()
+        .map(|(name, resp)| {
+            let mut out = BytesMut::new();
+            resp.encode(&mut out, DEFAULT_MAX_INBOUND).unwrap();
+            (name, out.to_vec())
+        })
+        .collect()
+}
+
+fn decode_commands(c: &mut Criterion) {
+    let decode = |frame| Command::from_frame(frame).unwrap();
+    bench_decode(
+        c,
+        "decode_command",
+        Setup::FreshBuffer,
+        command_frames(),
+        decode,
+    );
+}
+
+fn decode_commands_stream(c: &mut Criterion) {
+    let decode = |frame| Command::from_frame(frame).unwrap();
+    bench_decode(
+        c,
+        "decode_command_stream",
+        Setup::ReadBuffer,
+        command_frames(),
+        decode,
+    );
+}
+
+fn decode_responses(c: &mut Criterion) {
+    let decode = |frame: Frame| Response::decode(&frame).unwrap();
+    bench_decode(
+        c,
+        "decode_response",
+        Setup::FreshBuffer,
+        response_frames(),
+        decode,
+    );
+}
+
 fn decode_responses_stream(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decode_response_stream");
-    for (name, resp) in responses() {
-        let mut out = BytesMut::new();
-        resp.encode(&mut out, DEFAULT_MAX_INBOUND).unwrap();
-        let wire = out.to_vec();
-        g.bench_function(name, |bench| {
-            let mut decoder = FrameDecoder::default();
-            bench.iter_custom(|iters| {
-                iter_stream(iters, &wire, |buf| {
-                    let frame = decoder.decode(buf).unwrap().unwrap();
-                    Response::decode(&frame).unwrap()
-                })
-            });
-        });
-    }
-    g.finish();
+    let decode = |frame: Frame| Response::decode(&frame).unwrap();
+    bench_decode(
+        c,
+        "decode_response_stream",
+        Setup::ReadBuffer,
+        response_frames(),
+        decode,
+    );
 }
 
 fn encode_commands(c: &mut Criterion) {
@@ -384,30 +418,6 @@ fn encode_commands(c: &mut Criterion) {
                 out.clear();
                 black_box(&cmd).encode(&mut out, MAX_DATA_SIZE_64K).unwrap();
                 black_box(out.len())
-            });
-        });
-    }
-    g.finish();
-}
-
-fn decode_responses(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decode_response");
-    for (name, resp) in responses() {
-        let mut out = BytesMut::new();
-        resp.encode(&mut out, DEFAULT_MAX_INBOUND).unwrap();
-        let wire = out.to_vec();
-        g.bench_function(name, |bench| {
-            let mut decoder = FrameDecoder::default();
-            bench.iter_custom(|iters| {
-                iter_fresh(
-                    iters,
-                    1024,
-                    || read_buffer(&wire),
-                    |buf| {
-                        let frame = decoder.decode(buf).unwrap().unwrap();
-                        Response::decode(&frame).unwrap()
-                    },
-                )
             });
         });
     }
