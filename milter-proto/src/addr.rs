@@ -107,11 +107,19 @@ pub(crate) fn parse_ipv6(text: &[u8]) -> Option<Ipv6Addr> {
         None if count == 8 => Some(Ipv6Addr::from(groups)),
         // `::` must stand for at least one group.
         Some(at) if count < 8 => {
-            // Move the groups after `::` to the end and zero the gap.
-            let moved = count - at;
-            groups.copy_within(at..count, 8 - moved);
-            groups.get_mut(at..8 - moved)?.fill(0);
-            Some(Ipv6Addr::from(groups))
+            // The groups after `::` go to the end, zeros in between. A
+            // fixed eight steps rather than a `copy_within`: a call to
+            // memmove costs more than the whole move.
+            let shift = 8 - count;
+            let mut out = [0u16; 8];
+            for (i, slot) in out.iter_mut().enumerate() {
+                if i < at {
+                    *slot = groups.get(i).copied().unwrap_or_default();
+                } else if i >= at + shift {
+                    *slot = groups.get(i - shift).copied().unwrap_or_default();
+                }
+            }
+            Some(Ipv6Addr::from(out))
         }
         _ => None,
     }

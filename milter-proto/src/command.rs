@@ -495,7 +495,9 @@ impl Command {
 }
 
 /// The fields of a CONNECT payload: the host name's length (it starts the
-/// payload) and the address.
+/// payload) and the address. Inlined: returned through memory, the result
+/// cost a CONNECT more than parsing its host name.
+#[inline(always)]
 fn connect_fields(r: &mut Reader<'_>) -> Result<(usize, ConnectAddress), DecodeError> {
     let host_len = r.cstr_slice("host name")?.len();
     let family = r.u8("family")?;
