@@ -462,9 +462,7 @@ impl Command {
                     }
                     ConnectAddress::Inet(sa) => {
                         let family = if sa.is_ipv4() { b'4' } else { b'6' };
-                        w.u8(family)
-                            .u16(sa.port())
-                            .cstr("address", sa.ip().to_string().as_bytes());
+                        w.u8(family).u16(sa.port()).ip(sa.ip());
                     }
                 }
             }

@@ -4,7 +4,9 @@
 //! views; every nom failure becomes a [`DecodeError`] naming the packet and
 //! field, so nom types never leak into the public API.
 
+use std::fmt::Write as _;
 use std::iter::{Copied, Enumerate};
+use std::net::IpAddr;
 use std::slice::Iter;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -283,6 +285,20 @@ impl<'a> Writer<'a> {
             self.error = Some(EncodeError::InteriorNul { field });
         }
         self.dst.put_slice(s);
+        self.dst.put_u8(0);
+        self
+    }
+
+    /// An IP address as text, and its NUL.
+    pub(crate) fn ip(&mut self, ip: IpAddr) -> &mut Self {
+        match ip {
+            IpAddr::V4(v4) => crate::addr::write_ipv4(self.dst, v4),
+            // Straight into the buffer, no `String` on the way. Writing to
+            // a `BytesMut` cannot fail.
+            IpAddr::V6(v6) => {
+                let _ = write!(self.dst, "{v6}");
+            }
+        }
         self.dst.put_u8(0);
         self
     }
