@@ -547,6 +547,11 @@ pub struct MilterConfig {
     pub socket_mode: String,
     /// Unix socket owner, `user` or `user:group`. Default: unchanged.
     pub socket_owner: Option<String>,
+    /// Most MTA connections served at once. Default 4096.
+    pub max_connections: usize,
+    /// What a connection beyond `max_connections` gets. Default
+    /// [`OverLimit::Wait`].
+    pub over_limit: OverLimit,
 }
 
 impl Default for MilterConfig {
@@ -555,6 +560,31 @@ impl Default for MilterConfig {
             socket: DEFAULT_SOCKET.into(),
             socket_mode: "660".into(),
             socket_owner: None,
+            max_connections: 4096,
+            over_limit: OverLimit::Wait,
+        }
+    }
+}
+
+/// `[milter] over_limit`: what happens to a connection beyond
+/// `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverLimit {
+    /// `"wait"` (default): it waits in the listen backlog until a session
+    /// ends; the MTA's connect timeout applies.
+    #[default]
+    Wait,
+    /// `"refuse"`: it is accepted and closed at once (logged), so the MTA
+    /// applies its default action without waiting.
+    Refuse,
+}
+
+impl From<OverLimit> for milter_server::OverLimit {
+    fn from(o: OverLimit) -> Self {
+        match o {
+            OverLimit::Wait => milter_server::OverLimit::Wait,
+            OverLimit::Refuse => milter_server::OverLimit::Refuse,
         }
     }
 }
@@ -861,6 +891,13 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
             ),
         );
     }
+    if c.milter.max_connections == 0 {
+        err(
+            "milter",
+            "max_connections",
+            "max_connections must be at least 1".into(),
+        );
+    }
     if c.milter.socket.trim().is_empty() {
         err("milter", "socket", "socket must not be empty".into());
     }
@@ -939,6 +976,27 @@ mod tests {
         assert_eq!(c.greylist.fail_open, FailMode::Pass);
         assert_eq!(c.reply.code, 451);
         assert_eq!(c.milter.mode(), Some(0o660));
+        assert_eq!(
+            (c.milter.max_connections, c.milter.over_limit),
+            (4096, OverLimit::Wait)
+        );
+    }
+
+    #[test]
+    fn connection_limit_parses_and_zero_is_refused() {
+        let c = parse("[milter]\nmax_connections = 5000\nover_limit = \"refuse\"\n").unwrap();
+        assert_eq!(
+            (c.milter.max_connections, c.milter.over_limit),
+            (5000, OverLimit::Refuse)
+        );
+        let errs = parse("[milter]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.line == 2 && e.message.contains("at least 1")),
+            "{errs:?}"
+        );
+        let errs = parse("[milter]\nover_limit = \"drop\"\n").unwrap_err();
+        assert!(errs.iter().any(|e| e.line == 2), "{errs:?}");
     }
 
     #[test]

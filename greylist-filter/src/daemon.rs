@@ -511,6 +511,8 @@ pub async fn run(
     let server_config = milter_server::Config::new()
         .callback_timeout(Duration::from_secs(20))
         .drain_timeout(Duration::from_secs(15))
+        .max_connections(loaded.config.milter.max_connections)
+        .over_limit(loaded.config.milter.over_limit.into())
         .failure_policy(match loaded.config.greylist.fail_open {
             FailMode::Pass => FailurePolicy::Continue,
             FailMode::Tempfail => FailurePolicy::Tempfail,

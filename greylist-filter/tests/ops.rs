@@ -1,6 +1,6 @@
 //! Operations end to end on the real binary: `--check-config`, SIGHUP reload (good and
-//! bad), whitelist file reload, the admin endpoint and its CLI, and migration from
-//! milter-greylist.
+//! bad), whitelist file reload, the admin endpoint and its CLI, migration from
+//! milter-greylist, and the connection limit.
 
 mod common;
 
@@ -384,4 +384,52 @@ fn runs_with_no_arguments_on_the_documented_defaults() {
     let status = child.wait().unwrap();
     assert!(ok, "not listening on 127.0.0.1:7357 within {DEADLINE:?}");
     assert!(status.success());
+}
+
+/// `[milter] max_connections` and `over_limit = "refuse"`: a connection
+/// beyond the limit is closed at once and logged; once a session ends, the
+/// next connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_the_extra_connection() {
+    use milter_client::{Client, ClientConfig};
+
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("g.toml"),
+        "[milter]\nmax_connections = 1\nover_limit = \"refuse\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &["--config", "g.toml", "--listen", "inet:0@127.0.0.1"],
+    );
+    let client = Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(20)));
+    let held = client.connect(&d.milter).await.expect("first connection");
+
+    let mark = d.log_mark();
+    let refused = client.connect(&d.milter).await;
+    assert!(refused.is_err(), "a second connection was served");
+    d.wait_log_after(mark, "connection limit is reached", DEADLINE)
+        .unwrap_or_else(|| panic!("refusal not logged:\n{}", d.log()));
+
+    held.quit().await.expect("quit");
+    // The permit comes back when the daemon has seen the QUIT.
+    let started = std::time::Instant::now();
+    let mut conn = loop {
+        match client.connect(&d.milter).await {
+            Ok(conn) => break conn,
+            Err(e) if started.elapsed() < DEADLINE => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no connection after the first ended: {e}\n{}", d.log()),
+        }
+    };
+    let out = conn
+        .send_message(&message("203.0.113.9", "a@example.org", &["b@example.net"]))
+        .await
+        .expect("send_message");
+    assert_eq!(out.verdict, Verdict::Tempfailed, "{}", out.smtp_text());
+    let _ = conn.quit().await;
+    d.stop();
 }
