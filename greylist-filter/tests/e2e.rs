@@ -106,15 +106,11 @@ async fn greylists_then_passes_with_header_over_unix_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_defaults_loopback_and_local_networks() {
     let dir = tempdir();
-    std::fs::write(
-        dir.path().join("g.toml"),
-        "[whitelist]\nlocal_networks = [\"198.51.100.0/24\"]\n",
-    )
-    .unwrap();
     // No --store: the state goes to ./greylist.redb in the working directory.
-    let d = Daemon::start(
+    let d = Daemon::start_with_config(
         dir.path(),
-        &["--listen", "inet:0@127.0.0.1", "--config", "g.toml"],
+        "[whitelist]\nlocal_networks = [\"198.51.100.0/24\"]\n",
+        &["--listen", "inet:0@127.0.0.1"],
     );
     assert!(d.milter.starts_with("inet:"), "{}", d.milter);
     assert!(!d.milter.starts_with("inet:0@"), "{}", d.milter);

@@ -391,19 +391,13 @@ fn runs_with_no_arguments_on_the_documented_defaults() {
 /// next connection is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_refuses_the_extra_connection() {
-    use milter_client::{Client, ClientConfig};
-
     let dir = tempdir();
-    std::fs::write(
-        dir.path().join("g.toml"),
-        "[milter]\nmax_connections = 1\nover_limit = \"refuse\"\n",
-    )
-    .unwrap();
-    let d = Daemon::start(
+    let d = Daemon::start_with_config(
         dir.path(),
-        &["--config", "g.toml", "--listen", "inet:0@127.0.0.1"],
+        "[milter]\nmax_connections = 1\nover_limit = \"refuse\"\n",
+        &["--listen", "inet:0@127.0.0.1"],
     );
-    let client = Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(20)));
+    let client = client();
     let held = client.connect(&d.milter).await.expect("first connection");
 
     let mark = d.log_mark();

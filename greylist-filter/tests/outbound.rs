@@ -9,21 +9,10 @@ use milter_client::{Stage, Verdict};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_to_authenticated_outbound_mail_are_not_delayed() {
     let dir = tempdir();
-    std::fs::write(
-        dir.path().join("g.toml"),
-        "[greylist]\ndelay = \"10m\"\n[outbound]\nlearn = true\ntrust = \"30d\"\n",
-    )
-    .unwrap();
-    let d = Daemon::start(
+    let d = Daemon::start_with_config(
         dir.path(),
-        &[
-            "--listen",
-            "inet:0@127.0.0.1",
-            "--config",
-            "g.toml",
-            "--store",
-            "g.redb",
-        ],
+        "[greylist]\ndelay = \"10m\"\n[outbound]\nlearn = true\ntrust = \"30d\"\n",
+        &["--listen", "inet:0@127.0.0.1", "--store", "g.redb"],
     );
 
     // Before any outbound mail, mail from x@remote.example to the user is greylisted.

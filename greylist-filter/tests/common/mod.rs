@@ -72,6 +72,15 @@ impl Daemon {
         d
     }
 
+    /// Writes `toml` to `g.toml` in `dir` and starts the binary there with
+    /// `--config g.toml` and `args`.
+    pub fn start_with_config(dir: &Path, toml: &str, args: &[&str]) -> Daemon {
+        std::fs::write(dir.join("g.toml"), toml).expect("write g.toml");
+        let mut all = vec!["--config", "g.toml"];
+        all.extend_from_slice(args);
+        Daemon::start(dir, &all)
+    }
+
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -231,10 +240,14 @@ pub fn message(ip: &str, from: &str, rcpts: &[&str]) -> Message {
     m
 }
 
+/// The MTA side the tests talk to the daemon with.
+pub fn client() -> Client {
+    Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(20)))
+}
+
 /// Sends one message over a fresh connection.
 pub async fn send(spec: &str, m: &Message) -> MessageOutcome {
-    let client = Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(20)));
-    let mut conn = client.connect(spec).await.expect("connect to the milter");
+    let mut conn = client().connect(spec).await.expect("connect to the milter");
     let out = conn.send_message(m).await.expect("send_message");
     let _ = conn.quit().await;
     out
