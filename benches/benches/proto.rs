@@ -365,48 +365,27 @@ fn response_frames() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
+/// Both set-ups, one group each: `decode_command` (fresh buffer) and
+/// `decode_command_stream` (one read buffer).
 fn decode_commands(c: &mut Criterion) {
     let decode = |frame| Command::from_frame(frame).unwrap();
-    bench_decode(
-        c,
-        "decode_command",
-        Setup::FreshBuffer,
-        command_frames(),
-        decode,
-    );
+    for (group, setup) in [
+        ("decode_command", Setup::FreshBuffer),
+        ("decode_command_stream", Setup::ReadBuffer),
+    ] {
+        bench_decode(c, group, setup, command_frames(), decode);
+    }
 }
 
-fn decode_commands_stream(c: &mut Criterion) {
-    let decode = |frame| Command::from_frame(frame).unwrap();
-    bench_decode(
-        c,
-        "decode_command_stream",
-        Setup::ReadBuffer,
-        command_frames(),
-        decode,
-    );
-}
-
+/// As [`decode_commands`], for responses.
 fn decode_responses(c: &mut Criterion) {
     let decode = |frame: Frame| Response::decode(&frame).unwrap();
-    bench_decode(
-        c,
-        "decode_response",
-        Setup::FreshBuffer,
-        response_frames(),
-        decode,
-    );
-}
-
-fn decode_responses_stream(c: &mut Criterion) {
-    let decode = |frame: Frame| Response::decode(&frame).unwrap();
-    bench_decode(
-        c,
-        "decode_response_stream",
-        Setup::ReadBuffer,
-        response_frames(),
-        decode,
-    );
+    for (group, setup) in [
+        ("decode_response", Setup::FreshBuffer),
+        ("decode_response_stream", Setup::ReadBuffer),
+    ] {
+        bench_decode(c, group, setup, response_frames(), decode);
+    }
 }
 
 fn encode_commands(c: &mut Criterion) {
@@ -531,10 +510,8 @@ fn copy_reference(c: &mut Criterion) {
 criterion_group!(
     benches,
     decode_commands,
-    decode_commands_stream,
     encode_commands,
     decode_responses,
-    decode_responses_stream,
     encode_responses,
     whole_message,
     body_sizes,
