@@ -1,8 +1,6 @@
 //! Option negotiation (`SMFIC_OPTNEG`): versions, action and protocol flags,
 //! MDS, macro lists, and libmilter's algorithm as a pure function.
 
-use std::ops::Range;
-
 use bitflags::bitflags;
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -359,11 +357,7 @@ impl MacroLists {
     /// Reads the rest of an OPTNEG reply: checks every list without making
     /// a view of it, then keeps one view of the whole.
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let raw = r.rest_walked(|r| {
-            r.u32("macro stage")?;
-            r.cstr_slice("macro list")?;
-            Ok(())
-        })?;
+        let raw = r.rest_walked(|r| read_list(r).map(drop))?;
         Ok(Self { raw })
     }
 
@@ -374,14 +368,14 @@ impl MacroLists {
 
     /// The number of lists.
     pub fn len(&self) -> usize {
-        self.spans().count()
+        self.lists().count()
     }
 
     /// The lists in order: wire stage number (see [`MacroStage::from_wire`])
     /// and the space separated names, a view without the NUL.
     pub fn iter(&self) -> impl Iterator<Item = (u32, Bytes)> + '_ {
-        self.spans()
-            .map(|(stage, names)| (stage, self.raw.slice(names)))
+        self.lists()
+            .map(|(stage, names)| (stage, self.raw.slice_ref(names)))
     }
 
     /// The lists in wire form, as sent after the 12 option bytes.
@@ -389,19 +383,22 @@ impl MacroLists {
         &self.raw
     }
 
-    /// Each list's stage number and where its names are in `raw`; stops at
-    /// malformed data (which neither `new` nor `decode` lets in).
-    fn spans(&self) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
-        let mut pos = 0;
+    /// Each list's stage number and names, borrowed; stops at malformed
+    /// data (which neither `new` nor `decode` lets in).
+    fn lists(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        let mut r = Reader::new(crate::command::code::OPTNEG, &self.raw);
         std::iter::from_fn(move || {
-            let rest = self.raw.get(pos..)?;
-            let (stage, names) = rest.split_first_chunk::<4>()?;
-            let len = names.iter().position(|&b| b == 0)?;
-            let start = pos + 4;
-            pos = start + len + 1;
-            Some((u32::from_be_bytes(*stage), start..start + len))
+            if r.is_empty() {
+                return None;
+            }
+            read_list(&mut r).ok()
         })
     }
+}
+
+/// One macro list: its `u32` stage number and its NUL-terminated names.
+fn read_list<'a>(r: &mut Reader<'a>) -> Result<(u32, &'a [u8]), DecodeError> {
+    Ok((r.u32("macro stage")?, r.cstr_slice("macro list")?))
 }
 
 /// What a filter wants from negotiation.
