@@ -29,13 +29,16 @@ async fn run(
     f: impl FnMut(&Command) -> Option<Answer> + Send + 'static,
     m: &Message,
 ) -> (milter_client::MessageOutcome, Vec<Command>) {
-    let fake = Fake::unix(script(reply, f));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(script(reply, f)).await;
     let out = bounded(conn.send_message(m)).await.unwrap();
     bounded(conn.quit()).await.unwrap();
     (out, fake.log().await)
+}
+
+/// `message()` through a v6 filter that negotiates nothing special and
+/// answers `r` to the first command `code`.
+async fn run_answering(code: u8, r: Response) -> (milter_client::MessageOutcome, Vec<Command>) {
+    run(plain_optneg(), answer_at(code, r), &message()).await
 }
 
 fn answer_at(code: u8, r: Response) -> impl FnMut(&Command) -> Option<Answer> + Send + 'static {
@@ -124,13 +127,7 @@ async fn a_clean_message_goes_through_every_stage_and_ends_with_abort() {
     );
     assert_eq!(macros_at(&log, b'E', 0), [("i".into(), "4QUEUE".into())]);
     // One leading space stripped, folding kept as a bare LF.
-    let headers: Vec<(String, String)> = log
-        .iter()
-        .filter_map(|c| match c {
-            Command::Header(h) => Some((text(&h.name), text(&h.value))),
-            _ => None,
-        })
-        .collect();
+    let headers = headers(&log);
     assert_eq!(
         headers,
         [
@@ -146,20 +143,13 @@ async fn a_clean_message_goes_through_every_stage_and_ends_with_abort() {
 async fn leading_space_is_kept_when_negotiated() {
     let reply = optneg(Actions::empty(), ProtocolFlags::HEADER_LEADING_SPACE);
     let (_, log) = run(reply, |_| None, &message()).await;
-    let values: Vec<String> = log
-        .iter()
-        .filter_map(|c| match c {
-            Command::Header(h) => Some(text(&h.value)),
-            _ => None,
-        })
-        .collect();
+    let values: Vec<String> = headers(&log).into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, [" hello", " one\n\ttwo"]);
 }
 
 #[tokio::test]
 async fn a_reject_at_mail_ends_the_message() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'M', Response::Reject), &message()).await;
+    let (out, log) = run_answering(b'M', Response::Reject).await;
     assert_eq!(out.verdict, Verdict::Rejected);
     assert_eq!(out.decided_at, Stage::Mail);
     assert_eq!(out.smtp_text(), "550 5.7.1 Command rejected");
@@ -172,8 +162,7 @@ async fn a_reject_at_mail_ends_the_message() {
 
 #[tokio::test]
 async fn an_accept_at_mail_keeps_every_recipient_and_sends_nothing_more() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'M', Response::Accept), &message()).await;
+    let (out, log) = run_answering(b'M', Response::Accept).await;
     assert_eq!(out.verdict, Verdict::Accepted);
     assert_eq!(out.decided_at, Stage::Mail);
     assert_eq!(out.accepted_recipients.len(), 2);
@@ -185,8 +174,7 @@ async fn an_accept_at_mail_keeps_every_recipient_and_sends_nothing_more() {
 
 #[tokio::test]
 async fn a_tempfail_at_one_rcpt_drops_only_that_recipient() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'R', Response::Tempfail), &message()).await;
+    let (out, log) = run_answering(b'R', Response::Tempfail).await;
     assert_eq!(out.verdict, Verdict::Accepted);
     assert_eq!(out.accepted_recipients, ["<carol@example.net>"]);
     assert_eq!(
@@ -198,10 +186,9 @@ async fn a_tempfail_at_one_rcpt_drops_only_that_recipient() {
 
 #[tokio::test]
 async fn without_recipients_left_data_is_not_sent() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
     let mut n = 0;
     let (out, log) = run(
-        reply,
+        plain_optneg(),
         move |cmd| {
             matches!(cmd, Command::Rcpt(_)).then(|| {
                 n += 1;
@@ -229,8 +216,7 @@ async fn without_recipients_left_data_is_not_sent() {
 
 #[tokio::test]
 async fn an_accept_at_rcpt_accepts_the_whole_message() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'R', Response::Accept), &message()).await;
+    let (out, log) = run_answering(b'R', Response::Accept).await;
     assert_eq!(out.verdict, Verdict::Accepted);
     assert_eq!(out.decided_at, Stage::Rcpt);
     assert_eq!(out.accepted_recipients.len(), 2);
@@ -242,8 +228,7 @@ async fn an_accept_at_rcpt_accepts_the_whole_message() {
 
 #[tokio::test]
 async fn a_discard_at_a_header_ends_the_message() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'L', Response::Discard), &message()).await;
+    let (out, log) = run_answering(b'L', Response::Discard).await;
     assert_eq!(out.verdict, Verdict::Discarded);
     assert_eq!(out.decided_at, Stage::Header);
     let codes = codes(&log);
@@ -254,14 +239,9 @@ async fn a_discard_at_a_header_ends_the_message() {
 
 #[tokio::test]
 async fn a_custom_reject_at_end_of_message_keeps_its_text() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, _) = run(
-        reply,
-        answer_at(
-            b'E',
-            Response::ReplyCode(Bytes::from_static(b"554 5.7.1 Spam score too high")),
-        ),
-        &message(),
+    let (out, _) = run_answering(
+        b'E',
+        Response::ReplyCode(Bytes::from_static(b"554 5.7.1 Spam score too high")),
     )
     .await;
     assert_eq!(out.verdict, Verdict::Rejected);
@@ -272,8 +252,7 @@ async fn a_custom_reject_at_end_of_message_keeps_its_text() {
 
 #[tokio::test]
 async fn a_reject_at_connect_ends_before_mail() {
-    let reply = optneg(Actions::empty(), ProtocolFlags::empty());
-    let (out, log) = run(reply, answer_at(b'C', Response::Tempfail), &message()).await;
+    let (out, log) = run_answering(b'C', Response::Tempfail).await;
     assert_eq!(out.verdict, Verdict::Tempfailed);
     assert_eq!(out.decided_at, Stage::Connect);
     assert_eq!(codes(&log), ["O", "DC", "C", "Q"]);
@@ -281,13 +260,7 @@ async fn a_reject_at_connect_ends_before_mail() {
 
 #[tokio::test]
 async fn several_messages_on_one_connection() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     let first = message();
     let second = Message::new().sender("x@example.org").rcpt("y@example.org");
     bounded(async {
@@ -331,12 +304,14 @@ async fn an_unreachable_filter_yields_the_failure_policy() {
 #[tokio::test]
 async fn a_misbehaving_or_silent_filter_yields_the_failure_policy() {
     // Garbage at RCPT with F=R.
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| matches!(cmd, Command::Rcpt(_)).then(|| Answer::Raw(b"post".to_vec())),
-    ));
     let client = Client::new(ClientConfig::default().with_failure_policy(FailurePolicy::Reject));
-    let mut conn = bounded(client.connect(&fake.spec)).await.unwrap();
+    let (fake, mut conn) = connected_with(
+        &client,
+        script(plain_optneg(), |cmd| {
+            matches!(cmd, Command::Rcpt(_)).then(|| Answer::Raw(b"post".to_vec()))
+        }),
+    )
+    .await;
     let out = bounded(conn.send_message_or_policy(&message())).await;
     assert_eq!(out.verdict, Verdict::Rejected);
     assert_eq!(
@@ -391,10 +366,7 @@ async fn a_misbehaving_or_silent_filter_yields_the_failure_policy() {
 
 #[tokio::test]
 async fn check_message_simulates_a_local_connect_when_none_is_given() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
+    let fake = Fake::unix(continue_all(plain_optneg()));
     let m = Message::new().sender("a@example.org").rcpt("b@example.org");
     let out = bounded(Client::default().check_message(&fake.spec, &m)).await;
     assert!(out.is_accepted(), "{:?}", out.failure);

@@ -110,42 +110,28 @@ async fn an_accepted_message_exits_0_and_shows_the_modifications() {
     assert_eq!(c.hostname, "client.example.net");
     assert_eq!(c.ip(), Some("192.0.2.7".parse().unwrap()));
     assert!(macros_at(&log, b'M', 0).contains(&("{auth_authen}".into(), "alice".into())));
-    let headers: Vec<(String, String)> = log
-        .iter()
-        .filter_map(|c| match c {
-            Command::Header(h) => Some((text(&h.name), text(&h.value))),
-            _ => None,
-        })
-        .collect();
+    let headers = headers(&log);
     assert_eq!(
         headers[2],
         ("Subject".into(), "a folded\n\tsubject line".into())
     );
     assert_eq!(headers.len(), 4);
-    let body: Vec<u8> = log
-        .iter()
-        .filter_map(|c| match c {
-            Command::Body(b) => Some(b.to_vec()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert_eq!(body, b"Hello Bob,\r\n\r\nthis is the body.\r\n");
+    assert_eq!(
+        body_chunks(&log).concat(),
+        b"Hello Bob,\r\n\r\nthis is the body.\r\n"
+    );
     assert_eq!(codes(&log).last().map(String::as_str), Some("Q"));
 }
 
 #[tokio::test]
 async fn a_rejected_message_exits_1() {
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| {
-            matches!(cmd, Command::Rcpt(_)).then(|| {
-                Answer::Send(vec![Response::ReplyCode(Bytes::from_static(
-                    b"550 5.1.1 Unknown user",
-                ))])
-            })
-        },
-    ));
+    let fake = Fake::unix(script(plain_optneg(), |cmd| {
+        matches!(cmd, Command::Rcpt(_)).then(|| {
+            Answer::Send(vec![Response::ReplyCode(Bytes::from_static(
+                b"550 5.1.1 Unknown user",
+            ))])
+        })
+    }));
     let out = milter_run(
         args(&fake.spec, &["--rcpt", "nobody@example.net", SAMPLE]),
         None,
@@ -202,10 +188,9 @@ async fn errors_exit_2() {
     );
 
     // A filter that breaks the protocol.
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| matches!(cmd, Command::Mail(_)).then(|| Answer::Raw(b"GET / HTTP/1.0".to_vec())),
-    ));
+    let fake = Fake::unix(script(plain_optneg(), |cmd| {
+        matches!(cmd, Command::Mail(_)).then(|| Answer::Raw(b"GET / HTTP/1.0".to_vec()))
+    }));
     let out = milter_run(
         args(&fake.spec, &["--rcpt", "bob@example.net", SAMPLE]),
         None,
@@ -220,22 +205,12 @@ async fn errors_exit_2() {
     fake.log().await;
 
     // Bad arguments.
-    let out = milter_run(
-        args(
-            "unix:/x",
-            &["--rcpt", "b@x", "--macro", "nowhere:a=b", SAMPLE],
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2));
-    let out = milter_run(
-        args(
-            "unix:/x",
-            &["--rcpt", "b@x", "--protocol-version", "7", SAMPLE],
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2));
+    for [option, value] in [["--macro", "nowhere:a=b"], ["--protocol-version", "7"]] {
+        let out = milter_run(
+            args("unix:/x", &["--rcpt", "b@x", option, value, SAMPLE]),
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{option} {value}");
+    }
 }

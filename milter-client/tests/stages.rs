@@ -33,10 +33,7 @@ async fn negotiates_v6_over_unix_and_reports_what_was_agreed() {
         ])
         .unwrap(),
     };
-    let fake = Fake::unix(continue_all(reply));
-    let conn = bounded(Client::default().connect(fake.spec.as_str()))
-        .await
-        .unwrap();
+    let (fake, conn) = connected(continue_all(reply)).await;
     let agreed = conn.agreed();
     assert_eq!(agreed.version, 6);
     assert_eq!(agreed.offer, OptNeg::POSTFIX);
@@ -68,11 +65,7 @@ async fn negotiates_v6_over_unix_and_reports_what_was_agreed() {
 #[tokio::test]
 async fn negotiates_over_tcp_in_both_spellings() {
     for libmilter_syntax in [false, true] {
-        let fake = Fake::tcp(continue_all(optneg(
-            Actions::empty(),
-            ProtocolFlags::empty(),
-        )))
-        .await;
+        let fake = Fake::tcp(continue_all(plain_optneg())).await;
         let spec = if libmilter_syntax {
             let port = fake.spec.rsplit(':').next().unwrap();
             format!("inet:{port}@127.0.0.1")
@@ -97,9 +90,8 @@ async fn v2_offer_and_reply_suppress_data_and_unknown() {
         protocol: ProtocolFlags::empty(),
         macros: MacroLists::default(),
     };
-    let fake = Fake::unix(continue_all(reply));
     let client = Client::new(ClientConfig::default().with_offer(OptNeg::V2));
-    let mut conn = bounded(client.connect(&fake.spec)).await.unwrap();
+    let (fake, mut conn) = connected_with(&client, continue_all(reply)).await;
     assert_eq!(conn.agreed().version, 2);
     assert!(
         conn.agreed()
@@ -137,7 +129,7 @@ async fn v2_offer_and_reply_suppress_data_and_unknown() {
 #[tokio::test]
 async fn negotiation_failures_are_typed() {
     // A version above the offer.
-    let mut too_new = optneg(Actions::empty(), ProtocolFlags::empty());
+    let mut too_new = plain_optneg();
     too_new.version = 7;
     let fake = Fake::unix(continue_all(too_new));
     let e = bounded(Client::default().connect(&fake.spec))
@@ -216,10 +208,8 @@ impl V2Actions for OptNeg {
 
 #[tokio::test]
 async fn macros_go_before_every_stage() {
-    let fake = Fake::unix(continue_all(optneg(Actions::all(), ProtocolFlags::empty())));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) =
+        connected(continue_all(optneg(Actions::all(), ProtocolFlags::empty()))).await;
     bounded(async {
         let r = conn
             .connect(
@@ -290,12 +280,8 @@ async fn macros_go_before_every_stage() {
 
 #[tokio::test]
 async fn empty_macro_packets_can_be_left_out() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
     let client = Client::new(ClientConfig::default().with_send_empty_macros(false));
-    let mut conn = bounded(client.connect(&fake.spec)).await.unwrap();
+    let (fake, mut conn) = connected_with(&client, continue_all(plain_optneg())).await;
     bounded(async {
         conn.connect(&[("j", "mx")], "h", ConnectAddress::Unknown)
             .await
@@ -311,9 +297,8 @@ async fn empty_macro_packets_can_be_left_out() {
 async fn macro_lists_are_honoured_when_asked() {
     let mut reply = optneg(Actions::SET_SYMLIST, ProtocolFlags::empty());
     reply.macros = MacroLists::new([(0, "{client_addr} i")]).unwrap();
-    let fake = Fake::unix(continue_all(reply));
     let client = Client::new(ClientConfig::default().with_honour_macro_lists(true));
-    let mut conn = bounded(client.connect(&fake.spec)).await.unwrap();
+    let (fake, mut conn) = connected_with(&client, continue_all(reply)).await;
     bounded(async {
         conn.connect(
             &[("j", "mx"), ("{client_addr}", "192.0.2.1"), ("{i}", "Q")],
@@ -347,10 +332,7 @@ async fn stages_negotiated_away_send_only_their_macros() {
         | ProtocolFlags::NO_BODY
         | ProtocolFlags::NO_EOH
         | ProtocolFlags::NO_CONNECT;
-    let fake = Fake::unix(continue_all(optneg(Actions::empty(), protocol)));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(optneg(Actions::empty(), protocol))).await;
     bounded(async {
         assert_eq!(
             conn.connect(&[("j", "mx")], "h", inet()).await.unwrap(),
@@ -477,13 +459,7 @@ async fn no_reply_stages_are_pipelined_into_one_write_per_turn() {
 
 #[tokio::test]
 async fn flush_pushes_buffered_packets_out() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap();
@@ -504,7 +480,7 @@ async fn flush_pushes_buffered_packets_out() {
 async fn skip_suppresses_further_events_of_the_same_type() {
     let mut rcpts = 0;
     let mut bodies = 0;
-    let fake = Fake::unix(script(
+    let (fake, mut conn) = connected(script(
         optneg(Actions::empty(), ProtocolFlags::SKIP),
         move |cmd| match cmd {
             Command::Rcpt(_) => {
@@ -517,10 +493,8 @@ async fn skip_suppresses_further_events_of_the_same_type() {
             }
             _ => None,
         },
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    ))
+    .await;
     bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap();
@@ -558,13 +532,7 @@ async fn skip_suppresses_further_events_of_the_same_type() {
 
 #[tokio::test]
 async fn body_is_sent_in_chunks_of_at_most_65535_bytes() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     let body: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
     bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
@@ -575,15 +543,7 @@ async fn body_is_sent_in_chunks_of_at_most_65535_bytes() {
         conn.quit().await.unwrap();
     })
     .await;
-    let chunks: Vec<Bytes> = fake
-        .log()
-        .await
-        .into_iter()
-        .filter_map(|c| match c {
-            Command::Body(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let chunks = body_chunks(&fake.log().await);
     assert_eq!(
         chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
         [65535, 65535, 18930]
@@ -594,7 +554,7 @@ async fn body_is_sent_in_chunks_of_at_most_65535_bytes() {
 #[tokio::test]
 async fn end_of_message_collects_every_modification_and_progress() {
     let b = |s: &'static str| Bytes::from_static(s.as_bytes());
-    let fake = Fake::unix(script(
+    let (fake, mut conn) = connected(script(
         optneg(Actions::all(), ProtocolFlags::empty()),
         move |cmd| {
             matches!(cmd, Command::EndOfMessage(_)).then(|| {
@@ -639,10 +599,8 @@ async fn end_of_message_collects_every_modification_and_progress() {
                 ])
             })
         },
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    ))
+    .await;
     let eom = bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap();
@@ -705,12 +663,10 @@ async fn end_of_message_collects_every_modification_and_progress() {
 /// and returns the error.
 async fn violation(actions: Actions, protocol: ProtocolFlags, at: u8, bad: Answer) -> ClientError {
     let mut bad = Some(bad);
-    let fake = Fake::unix(script(optneg(actions, protocol), move |cmd| {
+    let (fake, mut conn) = connected(script(optneg(actions, protocol), move |cmd| {
         if cmd.code() == at { bad.take() } else { None }
-    }));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    }))
+    .await;
     let e = bounded(async {
         conn.connect(&[], "h", inet()).await?;
         conn.mail(&[], "<a@x>", &[]).await?;
@@ -842,13 +798,10 @@ async fn misbehaving_filters_are_typed_errors() {
 #[tokio::test]
 async fn a_reply_to_a_command_that_takes_none_is_a_protocol_error() {
     // A reply to ABORT, read when the next command's reply is expected.
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| matches!(cmd, Command::Abort).then(|| Answer::Send(vec![Response::Continue])),
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(script(plain_optneg(), |cmd| {
+        matches!(cmd, Command::Abort).then(|| Answer::Send(vec![Response::Continue]))
+    }))
+    .await;
     let e = bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.abort().await.unwrap();
@@ -866,13 +819,11 @@ async fn a_reply_to_a_command_that_takes_none_is_a_protocol_error() {
     fake.log().await;
 
     // A reply to a no-reply stage.
-    let fake = Fake::unix(script(
+    let (fake, mut conn) = connected(script(
         optneg(Actions::empty(), ProtocolFlags::NR_HEADER),
         |cmd| matches!(cmd, Command::Header(_)).then(|| Answer::Send(vec![Response::Continue])),
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    ))
+    .await;
     let e = bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap();
@@ -896,7 +847,7 @@ async fn postfix_default_timeouts_apply_per_stage() {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let fake = tokio::spawn(serve(
         theirs,
-        script(optneg(Actions::empty(), ProtocolFlags::empty()), |cmd| {
+        script(plain_optneg(), |cmd| {
             matches!(cmd, Command::Header(_)).then_some(Answer::Silent)
         }),
     ));
@@ -917,14 +868,14 @@ async fn postfix_default_timeouts_apply_per_stage() {
 
 #[tokio::test]
 async fn a_silent_filter_times_out() {
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| matches!(cmd, Command::Mail(_)).then_some(Answer::Silent),
-    ));
     let config = ClientConfig::default().with_command_timeout(Duration::from_millis(200));
-    let mut conn = bounded(Client::new(config).connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected_with(
+        &Client::new(config),
+        script(plain_optneg(), |cmd| {
+            matches!(cmd, Command::Mail(_)).then_some(Answer::Silent)
+        }),
+    )
+    .await;
     let e = bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap_err()
@@ -1008,13 +959,7 @@ async fn progress_restarts_the_content_timeout() {
 
 #[tokio::test]
 async fn quit_nc_reuses_the_connection_for_a_new_session() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     bounded(async {
         conn.connect(&[], "one", inet()).await.unwrap();
         conn.helo(&[], "one").await.unwrap();
@@ -1045,13 +990,7 @@ async fn quit_nc_reuses_the_connection_for_a_new_session() {
 
 #[tokio::test]
 async fn caller_mistakes_send_nothing_and_keep_the_connection() {
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     bounded(async {
         let e = conn.helo(&[], "h").await.unwrap_err();
         assert!(
@@ -1089,13 +1028,10 @@ async fn caller_mistakes_send_nothing_and_keep_the_connection() {
 
 #[tokio::test]
 async fn decisions_before_the_end_stop_the_message() {
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        |cmd| matches!(cmd, Command::Data).then(|| Answer::Send(vec![Response::Discard])),
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(script(plain_optneg(), |cmd| {
+        matches!(cmd, Command::Data).then(|| Answer::Send(vec![Response::Discard]))
+    }))
+    .await;
     bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         conn.mail(&[], "<a@x>", &[]).await.unwrap();
@@ -1122,21 +1058,16 @@ async fn decisions_before_the_end_stop_the_message() {
 #[tokio::test]
 async fn custom_replies_and_shutdown_are_typed() {
     let mut first = true;
-    let fake = Fake::unix(script(
-        optneg(Actions::empty(), ProtocolFlags::empty()),
-        move |cmd| match cmd {
-            Command::Rcpt(_) if std::mem::take(&mut first) => {
-                Some(Answer::Send(vec![Response::ReplyCode(Bytes::from_static(
-                    b"451-4.7.1 Greylisted\r\n451 4.7.1 come back later",
-                ))]))
-            }
-            Command::Helo(_) => Some(Answer::Send(vec![Response::Shutdown])),
-            _ => None,
-        },
-    ));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(script(plain_optneg(), move |cmd| match cmd {
+        Command::Rcpt(_) if std::mem::take(&mut first) => {
+            Some(Answer::Send(vec![Response::ReplyCode(Bytes::from_static(
+                b"451-4.7.1 Greylisted\r\n451 4.7.1 come back later",
+            ))]))
+        }
+        Command::Helo(_) => Some(Answer::Send(vec![Response::Shutdown])),
+        _ => None,
+    }))
+    .await;
     bounded(async {
         conn.connect(&[], "h", inet()).await.unwrap();
         assert_eq!(conn.helo(&[], "h").await.unwrap(), Reply::Shutdown);
@@ -1164,13 +1095,7 @@ async fn raw_escape_hatches_see_the_filter_close() {
         vec![0x7f, 0xff, 0xff, 0xff, b'M'], // oversize length
         vec![0, 0, 0, 1, b'X'],             // unknown command
     ] {
-        let fake = Fake::unix(continue_all(optneg(
-            Actions::empty(),
-            ProtocolFlags::empty(),
-        )));
-        let mut conn = bounded(Client::default().connect(&fake.spec))
-            .await
-            .unwrap();
+        let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
         bounded(conn.send_raw(&garbage)).await.unwrap();
         let e = bounded(conn.read_response()).await.unwrap_err();
         assert!(matches!(e, ClientError::Closed), "{e}");
@@ -1179,13 +1104,7 @@ async fn raw_escape_hatches_see_the_filter_close() {
     }
 
     // Unchecked commands go out in any order and their replies can be read.
-    let fake = Fake::unix(continue_all(optneg(
-        Actions::empty(),
-        ProtocolFlags::empty(),
-    )));
-    let mut conn = bounded(Client::default().connect(&fake.spec))
-        .await
-        .unwrap();
+    let (fake, mut conn) = connected(continue_all(plain_optneg())).await;
     bounded(async {
         conn.send_unchecked(&Command::Data).await.unwrap();
         assert_eq!(conn.read_response().await.unwrap(), Response::Continue);

@@ -10,6 +10,7 @@ use milter_client::milter_proto::{
     Actions, Bytes, BytesMut, Command, FrameDecoder, MacroLists, OptNegReply, ProtocolFlags,
     Response, Session,
 };
+use milter_client::{Client, Connection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
@@ -37,6 +38,12 @@ pub(crate) fn optneg(actions: Actions, protocol: ProtocolFlags) -> OptNegReply {
         protocol,
         macros: MacroLists::default(),
     }
+}
+
+/// The negotiation reply of a v6 filter that asks for no actions and sets
+/// no protocol flags.
+pub(crate) fn plain_optneg() -> OptNegReply {
+    optneg(Actions::empty(), ProtocolFlags::empty())
 }
 
 /// Whether the MTA waits for a reply to `cmd` under `protocol`.
@@ -177,6 +184,22 @@ impl Fake {
     }
 }
 
+/// Starts a fake filter on a unix socket that answers from `script`, and
+/// connects to it with the default client configuration.
+pub(crate) async fn connected(script: Script) -> (Fake, Connection) {
+    connected_with(&Client::default(), script).await
+}
+
+/// Starts a fake filter on a unix socket that answers from `script`, and
+/// connects to it with `client`.
+pub(crate) async fn connected_with(client: &Client, script: Script) -> (Fake, Connection) {
+    let fake = Fake::unix(script);
+    let conn = bounded(client.connect(fake.spec.as_str()))
+        .await
+        .expect("connect to the fake filter");
+    (fake, conn)
+}
+
 /// Runs a future with a generous bound so a broken test fails instead of hanging.
 pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
@@ -208,6 +231,26 @@ pub(crate) fn macros_at(log: &[Command], stage: u8, n: usize) -> Vec<(String, St
                 .collect::<Vec<_>>()
         })
         .unwrap_or_else(|| panic!("no macro packet #{n} for stage {}", char::from(stage)))
+}
+
+/// Name and value of every header in a log, in order.
+pub(crate) fn headers(log: &[Command]) -> Vec<(String, String)> {
+    log.iter()
+        .filter_map(|c| match c {
+            Command::Header(h) => Some((text(&h.name), text(&h.value))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The body chunks of a log, in order.
+pub(crate) fn body_chunks(log: &[Command]) -> Vec<Bytes> {
+    log.iter()
+        .filter_map(|c| match c {
+            Command::Body(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Bytes as a string (test data is ASCII).
