@@ -3,19 +3,12 @@
 
 mod common;
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::dns::{Rr, TestDns, start_dns};
-use greylist_filter::clock::ManualClock;
-use greylist_filter::config::Config;
+use common::engine::engine;
 use greylist_filter::policy::{BypassReason, Decision, GreylistReason, PassReason, RejectReason};
-use greylist_filter::store::MemoryStore;
-use greylist_filter::{Action, Engine, RcptContext};
-
-const T0: u64 = 1_700_000_000;
+use greylist_filter::{Action, RcptContext};
 
 async fn dns() -> TestDns {
     start_dns(
@@ -39,28 +32,11 @@ async fn dns() -> TestDns {
     .await
 }
 
-fn engine(toml: &str) -> (Engine, Arc<ManualClock>) {
-    let cfg = Config::parse(toml, Path::new("test.toml")).unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let e = Engine::new(
-        &cfg,
-        Path::new("test.toml"),
-        Arc::new(MemoryStore::new()),
-        clock.clone(),
-        "mx.example.net",
-    )
-    .unwrap();
-    (e, clock)
-}
-
+/// alice@example.org to bob@example.net from `ip`, which the MTA calls `name`.
 fn ctx<'a>(ip: &str, name: Option<&'a str>) -> RcptContext<'a> {
     RcptContext {
-        client_addr: Some(ip.parse::<IpAddr>().unwrap()),
         client_name: name,
-        auth_authen: None,
-        sender: "alice@example.org",
-        recipient: "bob@example.net",
-        queue_id: None,
+        ..common::engine::ctx(ip, "alice@example.org", "bob@example.net")
     }
 }
 

@@ -1,43 +1,24 @@
 //! The engine facade end to end over the memory and redb stores, with a manual clock.
 
+mod common;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use greylist_filter::clock::{Clock, ManualClock};
+use common::engine::{T0, config, engine_with};
+use greylist_filter::clock::Clock;
 use greylist_filter::config::Config;
 use greylist_filter::policy::{BypassReason, Decision, GreylistReason, PassReason, TempfailReason};
 use greylist_filter::store::{MemoryStore, RedbStore, Store};
-use greylist_filter::{Action, Engine, RcptContext};
+use greylist_filter::{Action, RcptContext};
 
-const T0: u64 = 1_700_000_000;
-
-fn config(extra: &str) -> Config {
-    Config::parse(extra, Path::new("test.toml")).unwrap()
-}
-
-fn engine_with(cfg: &Config, store: Arc<dyn Store>) -> (Engine, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(T0));
-    let e = Engine::new(
-        cfg,
-        Path::new("test.toml"),
-        store,
-        clock.clone(),
-        "mx.example.net",
-    )
-    .unwrap();
-    (e, clock)
-}
-
+/// [`common::engine::ctx`] with a queue id.
 fn ctx<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> RcptContext<'a> {
     RcptContext {
-        client_addr: Some(ip.parse::<IpAddr>().unwrap()),
-        client_name: None,
-        auth_authen: None,
-        sender,
-        recipient: rcpt,
         queue_id: Some("4XyZ1"),
+        ..common::engine::ctx(ip, sender, rcpt)
     }
 }
 

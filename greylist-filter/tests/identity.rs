@@ -3,19 +3,10 @@
 
 mod common;
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
-
 use common::dns::{Rr, start_dns};
-use greylist_filter::clock::ManualClock;
-use greylist_filter::config::Config;
+use common::engine::{ctx, engine};
 use greylist_filter::identity::Identity;
 use greylist_filter::policy::{Decision, GreylistReason, PassReason};
-use greylist_filter::store::MemoryStore;
-use greylist_filter::{Engine, RcptContext};
-
-const T0: u64 = 1_700_000_000;
 
 const RECORDS: &[Rr] = &[
     Rr::Txt(
@@ -24,31 +15,6 @@ const RECORDS: &[Rr] = &[
     ),
     Rr::Txt("soft.test.", "v=spf1 ~all"),
 ];
-
-fn ctx<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> RcptContext<'a> {
-    RcptContext {
-        client_addr: Some(ip.parse::<IpAddr>().unwrap()),
-        client_name: None,
-        auth_authen: None,
-        sender,
-        recipient: rcpt,
-        queue_id: None,
-    }
-}
-
-fn engine(toml: &str) -> (Engine, Arc<ManualClock>) {
-    let cfg = Config::parse(toml, Path::new("test.toml")).unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let e = Engine::new(
-        &cfg,
-        Path::new("test.toml"),
-        Arc::new(MemoryStore::new()),
-        clock.clone(),
-        "mx.example.net",
-    )
-    .unwrap();
-    (e, clock)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spf_pass_keys_on_the_domain_so_a_pool_retry_passes() {

@@ -174,21 +174,18 @@ async fn admin_explain_list_flush_and_metrics() {
     assert_eq!(send(&d.milter, &m).await.verdict, Verdict::Tempfailed);
 
     // explain through the CLI, JSON answer.
-    let (status, out, err) = run(
-        dir.path(),
-        &[
-            "explain",
-            "--admin",
-            &admin,
-            "--ip",
-            "192.0.2.51",
-            "--from",
-            "news@example.com",
-            "--rcpt",
-            "bob@example.net",
-            "--json",
-        ],
-    );
+    let explain = [
+        "explain",
+        "--admin",
+        &admin,
+        "--ip",
+        "192.0.2.51",
+        "--from",
+        "news@example.com",
+        "--rcpt",
+        "bob@example.net",
+    ];
+    let (status, out, err) = run(dir.path(), &[&explain[..], &["--json"]].concat());
     assert!(status.success(), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["decision"], "greylist", "{v}");
@@ -201,20 +198,7 @@ async fn admin_explain_list_flush_and_metrics() {
     assert_eq!(v["record"]["attempts"], 1, "{v}");
 
     // Human form.
-    let (status, out, _) = run(
-        dir.path(),
-        &[
-            "explain",
-            "--admin",
-            &admin,
-            "--ip",
-            "192.0.2.51",
-            "--from",
-            "news@example.com",
-            "--rcpt",
-            "bob@example.net",
-        ],
-    );
+    let (status, out, _) = run(dir.path(), &explain);
     assert!(status.success());
     assert!(out.contains("a retry passes in"), "{out}");
 

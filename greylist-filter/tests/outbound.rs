@@ -61,39 +61,22 @@ async fn replies_to_authenticated_outbound_mail_are_not_delayed() {
 /// The pre-approval lasts `[outbound] trust`, and nothing is learned when off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_trust_expires_and_is_off_by_default() {
-    use std::path::Path;
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use greylist_filter::clock::ManualClock;
-    use greylist_filter::config::Config;
+    use common::engine::{ctx, engine};
+    use greylist_filter::RcptContext;
     use greylist_filter::policy::{Decision, PassReason};
-    use greylist_filter::store::MemoryStore;
-    use greylist_filter::{Engine, RcptContext};
 
     let rc =
         |ip: &str, from: &'static str, to: &'static str, auth: Option<&'static str>| RcptContext {
-            client_addr: Some(ip.parse().unwrap()),
-            client_name: None,
             auth_authen: auth,
-            sender: from,
-            recipient: to,
-            queue_id: None,
+            ..ctx(ip, from, to)
         };
     for (toml, learns) in [
         ("[outbound]\nlearn = true\ntrust = \"1d\"\n", true),
         ("", false),
     ] {
-        let cfg = Config::parse(toml, Path::new("t.toml")).unwrap();
-        let clock = Arc::new(ManualClock::new(1_700_000_000));
-        let e = Engine::new(
-            &cfg,
-            Path::new("t.toml"),
-            Arc::new(MemoryStore::new()),
-            clock.clone(),
-            "mx",
-        )
-        .unwrap();
+        let (e, clock) = engine(toml);
         let _ = e
             .check_rcpt(&rc(
                 "192.0.2.1",

@@ -13,6 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 pub mod dns;
+pub mod engine;
 pub mod redis_server;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_greylist-filter");
@@ -280,15 +281,17 @@ pub fn accepted(out: &MessageOutcome, rcpt: &str) -> bool {
     out.is_accepted() && out.accepted_recipients.contains(&want)
 }
 
-/// Retries `m` until it is accepted (bounded by `deadline`), pausing `every` between
-/// attempts; returns the accepting outcome and the number of attempts.
+/// How long [`retry_until_accepted`] keeps retrying.
+pub const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Retries `m` until it is accepted (bounded by [`RETRY_DEADLINE`]), pausing `every`
+/// between attempts; returns the accepting outcome and the number of attempts.
 pub async fn retry_until_accepted(
     spec: &str,
     m: &Message,
     every: Duration,
-    deadline: Duration,
 ) -> (MessageOutcome, usize) {
-    let end = Instant::now() + deadline;
+    let end = Instant::now() + RETRY_DEADLINE;
     let mut n = 0;
     loop {
         n += 1;
@@ -298,7 +301,7 @@ pub async fn retry_until_accepted(
         }
         assert!(
             Instant::now() < end,
-            "not accepted within {deadline:?}: {}",
+            "not accepted within {RETRY_DEADLINE:?}: {}",
             out.smtp_text()
         );
         tokio::time::sleep(every).await;
