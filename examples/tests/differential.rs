@@ -17,10 +17,13 @@
 //! end of message CONTINUE and ACCEPT both mean "accept". Everything else —
 //! decisions, SMTP reply texts, modifications in order — must be equal.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Milter;
 use milter_client::{Client, ClientConfig, ConnectAddress, Reply, postfix_offer};
 
 /// The C baseline milter, if built.
@@ -38,53 +41,14 @@ fn cmilter() -> Option<PathBuf> {
     }
 }
 
-/// A child process killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The cmilter in `mode`.
+fn start_cmilter(bin: &Path, mode: &str) -> Milter {
+    Milter::spawn(Command::new(bin).args(["-m", mode]), "-p", "cmilter.sock").listening()
 }
 
-/// Starts `bin args...` and waits (bounded) until `socket` accepts connections.
-fn start(bin: &Path, args: &[String], socket: &Path) -> Running {
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not start listening",
-            bin.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    running
-}
-
-/// The cmilter in `mode` on a socket in `dir`.
-fn start_cmilter(bin: &Path, mode: &str, dir: &Path) -> (Running, String) {
-    let socket = dir.join(format!("c-{mode}.sock"));
-    let spec = format!("unix:{}", socket.display());
-    let args = ["-p", &spec, "-m", mode].map(String::from);
-    (start(bin, &args, &socket), spec)
-}
-
-/// One of our examples on a socket in `dir`.
-fn start_ours(bin: &str, extra: &[&str], dir: &Path) -> (Running, String) {
-    let name = Path::new(bin).file_name().unwrap().to_string_lossy();
-    let socket = dir.join(format!("rs-{name}.sock"));
-    let spec = format!("unix:{}", socket.display());
-    let mut args = vec!["--listen".to_string(), spec.clone()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    (start(Path::new(bin), &args, &socket), spec)
+/// One of our examples.
+fn start_ours(bin: &str, extra: &[&str]) -> Milter {
+    Milter::start(Command::new(bin).args(extra), "ours.sock")
 }
 
 /// The MTA's next step after `reply` at `stage` (see the module docs).
@@ -191,23 +155,25 @@ async fn compare(c: &str, ours: &str, label: &str) {
 #[tokio::test]
 async fn accept_all_matches_libmilter_accept() {
     let Some(bin) = cmilter() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (_c, c_spec) = start_cmilter(&bin, "accept", dir.path());
-    let (_r, r_spec) = start_ours(env!("CARGO_BIN_EXE_accept-all"), &[], dir.path());
-    compare(&c_spec, &r_spec, "accept-all vs cmilter -m accept").await;
+    let c = start_cmilter(&bin, "accept");
+    let ours = start_ours(env!("CARGO_BIN_EXE_accept-all"), &[]);
+    compare(&c.spec(), &ours.spec(), "accept-all vs cmilter -m accept").await;
 }
 
 #[tokio::test]
 async fn add_header_matches_libmilter_addheader() {
     let Some(bin) = cmilter() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (_c, c_spec) = start_cmilter(&bin, "addheader", dir.path());
-    let (_r, r_spec) = start_ours(
+    let c = start_cmilter(&bin, "addheader");
+    let ours = start_ours(
         env!("CARGO_BIN_EXE_add-header"),
         &["--name", "X-CMilter", "--value", "seen"],
-        dir.path(),
     );
-    compare(&c_spec, &r_spec, "add-header vs cmilter -m addheader").await;
+    compare(
+        &c.spec(),
+        &ours.spec(),
+        "add-header vs cmilter -m addheader",
+    )
+    .await;
 }
 
 /// Both sides refuse nothing and modify nothing on a connection that only
@@ -215,12 +181,11 @@ async fn add_header_matches_libmilter_addheader() {
 #[tokio::test]
 async fn connection_without_messages_matches() {
     let Some(bin) = cmilter() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (_c, c_spec) = start_cmilter(&bin, "accept", dir.path());
-    let (_r, r_spec) = start_ours(env!("CARGO_BIN_EXE_accept-all"), &[], dir.path());
+    let c = start_cmilter(&bin, "accept");
+    let ours = start_ours(env!("CARGO_BIN_EXE_accept-all"), &[]);
     for version in [6, 2] {
-        let expected = converse(&c_spec, version, 0).await;
-        let got = converse(&r_spec, version, 0).await;
+        let expected = converse(&c.spec(), version, 0).await;
+        let got = converse(&ours.spec(), version, 0).await;
         assert_eq!(got.steps, expected.steps, "protocol version {version}");
     }
 }

@@ -1,10 +1,13 @@
 //! `regex-milter` as an operator runs it: the real binary on a unix socket in
 //! a temporary directory, driven through milter-client like an MTA would.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{Milter, PATIENCE};
 use milter_client::{
     Client, ClientConfig, MacroStage, Message, MessageOutcome, Modification, Stage, Verdict,
 };
@@ -12,102 +15,24 @@ use milter_client::{
 const BIN: &str = env!("CARGO_BIN_EXE_regex-milter");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
-/// Longest any wait in these tests may take.
-const PATIENCE: Duration = Duration::from_secs(20);
-
 fn data(name: &str) -> PathBuf {
     Path::new(DATA).join(name)
 }
 
-/// A running regex-milter; killed when dropped.
-struct Milter {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Milter {
-    /// Starts the binary with `rules` and waits (bounded) until its socket
-    /// accepts connections.
-    fn start(rules: &Path) -> Milter {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("regex.sock");
-        let log = dir.path().join("stderr.log");
-        let child = spawn(rules, &socket, &log);
-        let deadline = Instant::now() + PATIENCE;
-        let mut milter = Milter {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        };
-        while std::os::unix::net::UnixStream::connect(&milter.socket).is_err() {
-            if let Some(status) = milter.child.try_wait().unwrap() {
-                panic!("regex-milter exited ({status}): {}", milter.log());
-            }
-            assert!(Instant::now() < deadline, "regex-milter did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        milter
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn hangup(&self) {
-        let status = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Sends `message` on a new milter connection (so that it sees the rules
-    /// current at that moment).
-    async fn send(&self, message: &Message) -> MessageOutcome {
-        let client = Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(10)));
-        let spec = format!("unix:{}", self.socket.display());
-        let mut conn = client.connect(spec.as_str()).await.unwrap();
-        let out = conn.send_message(message).await.unwrap();
-        conn.quit().await.unwrap();
-        out
-    }
-}
-
-impl Drop for Milter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(rules: &Path, socket: &Path, log: &Path) -> Child {
-    Command::new(BIN)
+/// regex-milter with `rules`, logging at level info.
+fn command(rules: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("--rules")
         .arg(rules)
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start regex-milter")
+        .env("NO_COLOR", "1");
+    command
 }
 
-/// Waits (bounded) for a child to exit.
-fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "no exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// regex-milter with `rules`, listening.
+fn start(rules: &Path) -> Milter {
+    Milter::start(&mut command(rules), "regex.sock")
 }
 
 /// A message from an outside client with a plain body.
@@ -130,7 +55,7 @@ fn reply_text(out: &MessageOutcome) -> String {
 
 #[tokio::test]
 async fn zip_sample_rejects_a_zip_attachment_and_passes_clean_mail() {
-    let milter = Milter::start(&data("zip.rules"));
+    let milter = start(&data("zip.rules"));
     let zip = std::fs::read(data("zip-attachment.eml")).unwrap();
     let out = milter.send(&message().eml(&zip)).await;
     assert_eq!(out.verdict, Verdict::Rejected, "{out:?}");
@@ -152,12 +77,8 @@ async fn zip_sample_rejects_a_zip_attachment_and_passes_clean_mail() {
 
 #[tokio::test]
 async fn zip_sample_matches_the_line_split_across_body_chunks() {
-    let milter = Milter::start(&data("zip.rules"));
-    let client = Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(10)));
-    let mut conn = client
-        .connect(format!("unix:{}", milter.socket.display()).as_str())
-        .await
-        .unwrap();
+    let milter = start(&data("zip.rules"));
+    let mut conn = milter.client().connect(milter.spec()).await.unwrap();
     assert!(
         conn.mail(&[], "<alice@example.org>", &[])
             .await
@@ -186,12 +107,9 @@ async fn zip_sample_matches_the_line_split_across_body_chunks() {
 
 #[tokio::test]
 async fn only_the_stages_the_rules_use_are_negotiated() {
-    let milter = Milter::start(&data("zip.rules"));
+    let milter = start(&data("zip.rules"));
     let client = Client::new(ClientConfig::default());
-    let conn = client
-        .connect(format!("unix:{}", milter.socket.display()).as_str())
-        .await
-        .unwrap();
+    let conn = client.connect(milter.spec()).await.unwrap();
     let agreed = conn.agreed();
     for stage in [
         Stage::Connect,
@@ -208,11 +126,8 @@ async fn only_the_stages_the_rules_use_are_negotiated() {
     assert!(agreed.sends(Stage::EndOfMessage));
 
     // The logic rules need HELO, MAIL, RCPT, headers and the auth macro.
-    let milter = Milter::start(&data("logic.rules"));
-    let conn = client
-        .connect(format!("unix:{}", milter.socket.display()).as_str())
-        .await
-        .unwrap();
+    let milter = start(&data("logic.rules"));
+    let conn = client.connect(milter.spec()).await.unwrap();
     let agreed = conn.agreed();
     for stage in [
         Stage::Connect,
@@ -236,7 +151,7 @@ async fn only_the_stages_the_rules_use_are_negotiated() {
 
 #[tokio::test]
 async fn connect_envelope_and_header_rules_decide_at_their_stage() {
-    let milter = Milter::start(&data("stages.rules"));
+    let milter = start(&data("stages.rules"));
 
     let out = milter
         .send(
@@ -316,7 +231,7 @@ async fn connect_envelope_and_header_rules_decide_at_their_stage() {
 
 #[tokio::test]
 async fn expressions_with_and_or_not_and_named_expressions() {
-    let milter = Milter::start(&data("logic.rules"));
+    let milter = start(&data("logic.rules"));
 
     // helo localhost and not from 127.x: rejected at HELO ...
     let out = milter.send(&message().helo("localhost")).await;
@@ -383,18 +298,19 @@ async fn expressions_with_and_or_not_and_named_expressions() {
 
 #[test]
 fn a_broken_rule_file_stops_the_start_and_names_the_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("regex.sock");
-    let log = dir.path().join("stderr.log");
-    let mut child = spawn(&data("broken.rules"), &socket, &log);
-    let status = wait_exit(&mut child);
+    let mut milter = Milter::spawn(
+        &mut command(&data("broken.rules")),
+        "--listen",
+        "regex.sock",
+    );
+    let status = milter.wait_exit();
     assert!(!status.success(), "{status}");
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log = milter.log();
     assert!(
         log.contains("broken.rules:5:1: unknown keyword `heder`"),
         "{log}"
     );
-    assert!(!socket.exists(), "never listened");
+    assert!(!milter.socket().exists(), "never listened");
 }
 
 #[test]
@@ -445,7 +361,7 @@ async fn sighup_reloads_good_rules_and_keeps_the_old_ones_on_error() {
         &rules,
         "reject \"alpha refused\"\nheader /^Subject$/ /alpha/\n",
     );
-    let milter = Milter::start(&rules);
+    let milter = start(&rules);
     assert_eq!(
         milter.send(&subject("alpha")).await.verdict,
         Verdict::Rejected
@@ -460,7 +376,7 @@ async fn sighup_reloads_good_rules_and_keeps_the_old_ones_on_error() {
         &rules,
         "reject \"beta refused\"\nheader /^Subject$/ /beta/\n",
     );
-    milter.hangup();
+    milter.signal("HUP");
     let deadline = Instant::now() + PATIENCE;
     loop {
         let out = milter.send(&subject("beta")).await;
@@ -485,7 +401,7 @@ async fn sighup_reloads_good_rules_and_keeps_the_old_ones_on_error() {
         &rules,
         "reject \"gamma refused\"\nheader /^Subject$/ /gamma/\nreject \"oops\"\nbody /(/e\n",
     );
-    milter.hangup();
+    milter.signal("HUP");
     let deadline = Instant::now() + PATIENCE;
     while !milter.log().contains("reload refused") {
         assert!(

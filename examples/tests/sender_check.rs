@@ -3,107 +3,52 @@
 //! server written here and its MX lookups to an authoritative DNS server
 //! (hickory-server) serving a test zone — all on loopback.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Milter, PATIENCE};
 use hickory_server::Server;
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::proto::rr::rdata::{A, MX, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-use milter_client::{Client, ClientConfig, MacroStage, Message, MessageOutcome, Stage, Verdict};
+use milter_client::{Client, ClientConfig, MacroStage, Message, Stage, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sender-check-milter");
 
-/// Longest any wait in these tests may take.
-const PATIENCE: Duration = Duration::from_secs(20);
-
 // --- the milter ----------------------------------------------------------------------
 
-/// A running sender-check-milter; killed when dropped.
-struct Milter {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Milter {
-    /// Starts the binary with `args` and waits (bounded) until its socket
-    /// accepts connections.
-    fn start(args: &[String]) -> Milter {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("sender.sock");
-        let log = dir.path().join("stderr.log");
-        let child = Command::new(BIN)
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
+/// sender-check-milter with `args`, listening; its MTA side waits up to 15 s
+/// for a reply.
+fn start(args: &[String]) -> Milter {
+    Milter::start(
+        Command::new(BIN)
             .args(["--helo-name", "verifier.test"])
             .args(args)
             .env("RUST_LOG", "info,sender_check_milter=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start sender-check-milter");
-        let mut milter = Milter {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while std::os::unix::net::UnixStream::connect(&milter.socket).is_err() {
-            if let Some(status) = milter.child.try_wait().unwrap() {
-                panic!("milter exited ({status}): {}", milter.log());
-            }
-            assert!(Instant::now() < deadline, "milter did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        milter
-    }
-
-    /// The milter with every callout going to `smtp`.
-    fn via_host(smtp: &TestSmtp, extra: &[&str]) -> Milter {
-        let mut args = vec!["--callout-host".to_string(), smtp.addr.to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Milter::start(&args)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn client() -> Client {
-        Client::new(ClientConfig::default().with_timeouts(Duration::from_secs(15)))
-    }
-
-    fn spec(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    async fn send(&self, message: &Message) -> MessageOutcome {
-        let mut conn = Self::client().connect(self.spec().as_str()).await.unwrap();
-        let out = conn.send_message(message).await.unwrap();
-        conn.quit().await.unwrap();
-        out
-    }
+            .env("NO_COLOR", "1"),
+        "sender.sock",
+    )
+    .with_client(Client::new(
+        ClientConfig::default().with_timeouts(Duration::from_secs(15)),
+    ))
 }
 
-impl Drop for Milter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The milter with every callout going to `smtp`.
+fn via_host(smtp: &TestSmtp, extra: &[&str]) -> Milter {
+    let mut args = vec!["--callout-host".to_string(), smtp.addr.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start(&args)
 }
 
 /// A message from an outside client with sender `from`.
@@ -295,7 +240,7 @@ async fn start_dns() -> (SocketAddr, Server<Catalog>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_sender_passes_and_an_unknown_one_is_rejected_550_5_1_7() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
 
     let out = milter.send(&from("alice@example.test")).await;
     assert_eq!(out.verdict, Verdict::Accepted, "{out:?}");
@@ -312,7 +257,7 @@ async fn a_valid_sender_passes_and_an_unknown_one_is_rejected_550_5_1_7() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporary_callout_failure_tempfails_451_4_4_3() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
     let out = milter.send(&from("greylist@example.test")).await;
     assert_eq!(out.verdict, Verdict::Tempfailed, "{out:?}");
     assert_eq!(
@@ -324,7 +269,7 @@ async fn a_temporary_callout_failure_tempfails_451_4_4_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_is_a_tempfail_never_a_reject() {
     let smtp = TestSmtp::start_with(true, true).await;
-    let milter = Milter::via_host(&smtp, &["--timeout", "1"]);
+    let milter = via_host(&smtp, &["--timeout", "1"]);
     let out = milter.send(&from("alice@example.test")).await;
     assert_eq!(out.verdict, Verdict::Tempfailed, "{out:?}");
     assert!(
@@ -337,7 +282,7 @@ async fn a_server_that_never_answers_is_a_tempfail_never_a_reject() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_text_is_sanitised_in_the_reply() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
     let out = milter.send(&from("weird@example.test")).await;
     assert_eq!(out.verdict, Verdict::Rejected, "{out:?}");
     let text = out.smtp_text();
@@ -367,7 +312,7 @@ async fn remote_text_is_sanitised_in_the_reply() {
 async fn mx_lookups_go_to_the_dns_server_and_the_mx_port() {
     let smtp = TestSmtp::start().await;
     let (dns, _server) = start_dns().await;
-    let milter = Milter::start(&[
+    let milter = start(&[
         "--dns-server".to_string(),
         dns.to_string(),
         "--smtp-port".to_string(),
@@ -402,7 +347,7 @@ async fn mx_lookups_go_to_the_dns_server_and_the_mx_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_verdict_makes_no_new_connection() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
     for _ in 0..3 {
         let out = milter.send(&from("unknown@example.test")).await;
         assert_eq!(out.verdict, Verdict::Rejected);
@@ -420,12 +365,12 @@ async fn concurrent_messages_from_one_sender_share_one_callout() {
     const N: usize = 5;
     // RCPT replies are held until every message is waiting in the milter.
     let smtp = TestSmtp::start_with(false, false).await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
     let mut tasks = Vec::new();
     for _ in 0..N {
-        let spec = milter.spec();
+        let (client, spec) = (milter.client().clone(), milter.spec());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Milter::client().connect(spec.as_str()).await.unwrap();
+            let mut conn = client.connect(spec).await.unwrap();
             let out = conn
                 .send_message(&from("unknown@example.test"))
                 .await
@@ -459,7 +404,7 @@ async fn concurrent_messages_from_one_sender_share_one_callout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_sender_and_authenticated_clients_are_not_checked() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
+    let milter = via_host(&smtp, &[]);
 
     let out = milter.send(&from("")).await;
     assert_eq!(out.verdict, Verdict::Accepted, "{out:?}");
@@ -480,7 +425,7 @@ async fn null_sender_and_authenticated_clients_are_not_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_clients_are_accepted_at_connect() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &["--local-net", "198.51.100.0/24"]);
+    let milter = via_host(&smtp, &["--local-net", "198.51.100.0/24"]);
 
     for client in ["127.0.0.1:1000", "[::1]:1000", "198.51.100.77:1000"] {
         let message = from("unknown@example.test").client("local", client.parse().unwrap());
@@ -497,11 +442,8 @@ async fn local_clients_are_accepted_at_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_connect_and_mail_are_negotiated_with_the_auth_macro() {
     let smtp = TestSmtp::start().await;
-    let milter = Milter::via_host(&smtp, &[]);
-    let conn = Milter::client()
-        .connect(milter.spec().as_str())
-        .await
-        .unwrap();
+    let milter = via_host(&smtp, &[]);
+    let conn = milter.client().connect(milter.spec()).await.unwrap();
     let agreed = conn.agreed();
     assert!(agreed.sends(Stage::Connect));
     assert!(agreed.sends(Stage::Mail));

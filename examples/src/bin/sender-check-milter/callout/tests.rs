@@ -247,14 +247,19 @@ impl Clock for ManualClock {
     }
 }
 
+/// A DNS server on the loopback discard port: keeps a test that asks no DNS
+/// question off the system resolver.
+fn no_dns() -> DnsConfig {
+    DnsConfig::server(SocketAddr::from((Ipv4Addr::LOCALHOST, 9)))
+}
+
 /// A configuration that sends every callout to `smtp` and never touches
 /// the system resolver.
 fn via_host(smtp: &TestSmtp) -> Config {
     Config {
         helo_name: "verifier.test".to_string(),
         callout_host: Some(smtp.addr.to_string()),
-        // Unused with a callout host, but keeps tests off the system DNS.
-        dns: DnsConfig::server(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))),
+        dns: no_dns(),
         deadline: Duration::from_secs(10),
         ..Config::default()
     }
@@ -369,7 +374,7 @@ async fn connection_refused_is_temporary() {
     drop(listener);
     let v = verifier(Config {
         callout_host: Some(addr.to_string()),
-        dns: DnsConfig::server(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))),
+        dns: no_dns(),
         ..Config::default()
     });
     let verdict = v.verify("alice@example.test").await;
@@ -613,7 +618,7 @@ async fn dns_failure_is_temporary() {
 async fn domain_literal_is_asked_directly() {
     let smtp = TestSmtp::start(Script::default()).await;
     let v = verifier(Config {
-        dns: DnsConfig::server(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))),
+        dns: no_dns(),
         smtp_port: smtp.addr.port(),
         ..Config::default()
     });
@@ -679,7 +684,7 @@ fn reply_line_parsing() {
 fn bad_configuration_is_refused() {
     let config = Config {
         per_domain_limit: 0,
-        dns: DnsConfig::server(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))),
+        dns: no_dns(),
         ..Config::default()
     };
     assert!(matches!(
