@@ -16,8 +16,8 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use milter_proto::command::code as cmd;
 use milter_proto::{
-    Actions, Command, Connect, Expect, FilterOptions, FrameDecoder, MacroStore, OptNeg,
-    ProtocolFlags, Response, Session, negotiate,
+    Actions, Command, CommandEffect, Connect, Expect, FilterOptions, FrameDecoder, MacroStore,
+    OptNeg, ProtocolFlags, Response, Session, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -131,6 +131,23 @@ enum Flow {
     Quit,
 }
 
+/// The boxed future of a command that must wait: a stage callback, or the
+/// full handler.
+type Handling<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Flow, SessionError>> + Send + 'a>>;
+
+/// How a command goes on after the part of it that needs no waiting
+/// ([`Conn::begin`]).
+enum Step {
+    /// Done: a macro, an abort with nothing to abort, or a stage the
+    /// filter has no callback for (already answered).
+    Done,
+    /// The filter's callback for this stage command decides the reply.
+    Callback(Command, Expect),
+    /// Negotiation, CONNECT, end of message, QUIT, or a command that ends
+    /// a message the abort callback must see first: the full handler.
+    Handler(Command, CommandEffect),
+}
+
 /// Why a callback produced no status.
 enum Failure {
     Error(BoxError),
@@ -152,7 +169,8 @@ impl std::fmt::Display for Failure {
 ///
 /// Most callbacks finish on their first poll (they decide from what they
 /// were given), so the future is polled once before a timer is armed: the
-/// timer wheel is only touched by callbacks that really wait.
+/// timer wheel is only touched by callbacks that really wait, and the
+/// timer's state is boxed so that it takes no room in the caller's future.
 async fn guarded<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, BoxError>>,
@@ -161,7 +179,7 @@ async fn guarded<T>(
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
     let outcome = match first {
         Poll::Ready(outcome) => outcome,
-        Poll::Pending => match tokio::time::timeout(limit, fut).await {
+        Poll::Pending => match Box::pin(tokio::time::timeout(limit, fut)).await {
             Err(_) => return Err(Failure::Timeout(limit)),
             Ok(outcome) => outcome,
         },
@@ -330,6 +348,13 @@ impl<M: Milter> Conn<'_, M> {
         failed(self.config, self.id, stage, failure)
     }
 
+    /// The span callbacks of the message in progress run in.
+    fn message_span(&self) -> Span {
+        self.extras
+            .as_ref()
+            .map_or_else(Span::none, |x| x.span.clone())
+    }
+
     fn status_to_response(&self, status: Status, at_eom: bool) -> Response {
         match status {
             Status::Continue => Response::Continue,
@@ -380,15 +405,65 @@ impl<M: Milter> Conn<'_, M> {
         self.reply(&reply)
     }
 
-    /// Handles one command; replies are appended to `self.out`.
-    async fn handle(
-        &mut self,
-        command: Command,
-        io: &mut (dyn AsyncWrite + Unpin + Send),
-    ) -> Result<Flow, SessionError> {
+    /// The part of a command that needs no waiting: the state machine, the
+    /// macros, and the reply for a stage the filter has no callback for.
+    /// Most commands end here (every macro packet does), so they cost no
+    /// future; the others say how they go on.
+    fn begin(&mut self, command: Command) -> Result<Step, SessionError> {
         let code = command.code();
         let effect = self.session.on_command(&command)?;
         self.view.macros.on_command(code);
+        if effect.aborted && self.message.is_some() {
+            return Ok(Step::Handler(command, effect));
+        }
+        if effect.message_started {
+            self.message = Some(M::Message::default());
+        }
+        match command {
+            Command::OptNeg(_)
+            | Command::Connect(_)
+            | Command::Quit
+            | Command::QuitNc
+            | Command::EndOfMessage(_) => Ok(Step::Handler(command, effect)),
+            Command::Macro(m) => {
+                self.set_macros(m);
+                Ok(Step::Done)
+            }
+            Command::Abort => Ok(Step::Done),
+            other if self.stages.contains(stage_of(code)) => {
+                Ok(Step::Callback(other, effect.expect))
+            }
+            _ => {
+                self.answer(code, effect.expect, Status::Continue)?;
+                Ok(Step::Done)
+            }
+        }
+    }
+
+    /// Stores a macro packet's values; names the message's span after the
+    /// queue id once it is known.
+    fn set_macros(&mut self, m: milter_proto::Macros) {
+        self.view.macros.set(m);
+        if let Some(x) = self.extras.as_mut()
+            && !x.queue_id_known
+            && !x.span.is_disabled()
+            && let Some(id) = self.view.macros.get("i")
+        {
+            x.span
+                .record("queue_id", String::from_utf8_lossy(&id).as_ref());
+            x.queue_id_known = true;
+        }
+    }
+
+    /// Handles a command [`Conn::begin`] passed on (with what it meant);
+    /// replies are appended to `self.out`.
+    async fn handle(
+        &mut self,
+        command: Command,
+        effect: CommandEffect,
+        io: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Flow, SessionError> {
+        let code = command.code();
         let limit = self.config.callback_timeout;
         if effect.aborted
             && let Some(msg) = self.message.take()
@@ -408,16 +483,7 @@ impl<M: Milter> Conn<'_, M> {
                 return Ok(Flow::Continue);
             }
             Command::Macro(m) => {
-                self.view.macros.set(m);
-                if let Some(x) = self.extras.as_mut()
-                    && !x.queue_id_known
-                    && !x.span.is_disabled()
-                    && let Some(id) = self.view.macros.get("i")
-                {
-                    x.span
-                        .record("queue_id", String::from_utf8_lossy(&id).as_ref());
-                    x.queue_id_known = true;
-                }
+                self.set_macros(m);
                 None
             }
             Command::Connect(mut c) => {
@@ -464,8 +530,18 @@ impl<M: Milter> Conn<'_, M> {
             other if wants_callback => Some(self.stage_callback(other).await),
             _ => Some(Status::Continue),
         };
-        match (effect.expect, status) {
-            (Expect::Reply, Some(status)) => {
+        if let Some(status) = status {
+            self.answer(code, effect.expect, status)?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Replies to a stage command with the filter's decision, if the MTA
+    /// waits for a reply (a no-reply stage's decision other than continue
+    /// is dropped, with a warning).
+    fn answer(&mut self, code: u8, expect: Expect, status: Status) -> Result<(), SessionError> {
+        match expect {
+            Expect::Reply => {
                 let response = if ProtocolFlags::no_reply_bit(code)
                     .is_some_and(|nr| self.fake_no_reply.contains(nr))
                 {
@@ -476,13 +552,21 @@ impl<M: Milter> Conn<'_, M> {
                 } else {
                     self.status_to_response(status, false)
                 };
-                self.reply(&response)?;
+                self.reply(&response)
             }
-            (Expect::Nothing, Some(status)) if status != Status::Continue => {
+            Expect::Nothing if status != Status::Continue => {
                 warn!(conn = self.id, command = %char::from(code), ?status, "decision of a no-reply stage dropped");
+                Ok(())
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
+
+    /// Runs a stage command's callback and answers with its decision.
+    async fn callback(&mut self, command: Command, expect: Expect) -> Result<Flow, SessionError> {
+        let code = command.code();
+        let status = self.stage_callback(command).await;
+        self.answer(code, expect, status)?;
         Ok(Flow::Continue)
     }
 
@@ -691,27 +775,37 @@ async fn serve<M: Milter, T: Transport>(
     loop {
         // Every whole frame in the buffer, then one write for all replies.
         loop {
-            // The command is moved into the boxed future before the await,
-            // inside this block, so that neither it nor the decoder's
-            // result takes room in this future's saved state.
-            let handling = {
-                let Some(command) = next_command(&mut decoder, &mut buf)? else {
-                    break;
+            // A command that must wait runs as a boxed future: it would
+            // otherwise sit in every idle connection's task. The future is
+            // made inside this block so that neither the command nor the
+            // decoder's result takes room in this future's saved state.
+            let flow = {
+                let waiting: Option<Handling<'_>> = {
+                    let Some(command) = next_command(&mut decoder, &mut buf)? else {
+                        break;
+                    };
+                    if matches!(command, Command::Mail(_)) {
+                        let span = info_span!("message", queue_id = tracing::field::Empty);
+                        conn.extras = Some(MessageExtras::new(span));
+                    }
+                    debug!(conn = conn.id, command = %char::from(command.code()), "received");
+                    match conn.begin(command)? {
+                        Step::Done => None,
+                        Step::Callback(command, expect) => {
+                            let span = conn.message_span();
+                            Some(Box::pin(conn.callback(command, expect).instrument(span)))
+                        }
+                        Step::Handler(command, effect) => {
+                            let span = conn.message_span();
+                            Some(Box::pin(conn.handle(command, effect, io).instrument(span)))
+                        }
+                    }
                 };
-                if matches!(command, Command::Mail(_)) {
-                    let span = info_span!("message", queue_id = tracing::field::Empty);
-                    conn.extras = Some(MessageExtras::new(span));
+                match waiting {
+                    Some(handling) => handling.await?,
+                    None => Flow::Continue,
                 }
-                debug!(conn = conn.id, command = %char::from(command.code()), "received");
-                let span = conn
-                    .extras
-                    .as_ref()
-                    .map_or_else(Span::none, |x| x.span.clone());
-                // Boxed: the command future is large and would otherwise
-                // sit in every idle connection's task.
-                Box::pin(conn.handle(command, io).instrument(span))
             };
-            let flow = handling.await?;
             if !conn.session.in_message() {
                 conn.extras = None;
             }
