@@ -348,6 +348,77 @@ async fn unimplemented_stages_are_negotiated_away_and_no_reply_is_honoured() {
     );
 }
 
+/// An MTA that offers no `NO*` bits sends every stage; the ones the filter
+/// has no callback for are answered with CONTINUE without calling it (a
+/// `<tempfail@x>` recipient would be refused if `envrcpt` ran). (An offer
+/// of no bits at all means the version 1 set, as in libmilter, so this
+/// one offers only SKIP.)
+#[tokio::test]
+async fn stages_the_mta_cannot_skip_are_answered_without_the_callback() {
+    let log = Log::default();
+    let l = log.clone();
+    let options = Options::new().stages(Stages::MAIL);
+    let server = start_unix(
+        move || Scripted::with(&l, options.clone()),
+        Config::default(),
+    )
+    .await;
+    let offer = OptNeg {
+        version: 6,
+        actions: Actions::all(),
+        protocol: ProtocolFlags::SKIP,
+    };
+    let c = Client::new(
+        ClientConfig::default()
+            .with_offer(offer)
+            .with_timeouts(Duration::from_secs(10)),
+    );
+    let mut conn = c.connect(server.spec.as_str()).await.unwrap();
+    assert_eq!(conn.agreed().protocol, ProtocolFlags::SKIP);
+    let inet = ConnectAddress::Inet("192.0.2.7:4321".parse().unwrap());
+    assert_eq!(
+        conn.connect(&[], "client.example", inet).await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(conn.helo(&[], "c").await.unwrap(), Reply::Continue);
+    let no_args: &[&str] = &[];
+    assert_eq!(
+        conn.mail(&[("i", "Q2")], "<a@x>", no_args).await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(
+        conn.rcpt(&[], "<tempfail@x>", no_args).await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(conn.data(&[]).await.unwrap(), Reply::Continue);
+    assert_eq!(
+        conn.header(&[], "Subject", "hi").await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(conn.end_of_headers(&[]).await.unwrap(), Reply::Continue);
+    assert_eq!(
+        conn.body(&[], b"text".as_slice()).await.unwrap(),
+        Reply::Continue
+    );
+    let eom = conn.end_of_message(&[]).await.unwrap();
+    assert_eq!(eom.reply, Reply::Continue);
+    conn.quit().await.unwrap();
+    server.stop().await;
+    let seen = log.take();
+    assert!(seen.iter().any(|l| l.starts_with("mail <a@x>")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("eom rcpts=0 headers=0 body=0")),
+        "{seen:?}"
+    );
+    for stage in ["connect", "helo", "rcpt", "data", "header", "eoh", "body"] {
+        assert!(
+            !seen.iter().any(|l| l.starts_with(stage)),
+            "{stage} callback ran: {seen:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_reply_is_faked_for_an_mta_that_does_not_know_it() {
     let log = Log::default();
