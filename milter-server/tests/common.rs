@@ -278,6 +278,17 @@ where
     }
 }
 
+/// A unix-socket server whose filters are [`Scripted`] with `options`,
+/// logging to `log`.
+pub async fn start_scripted(log: &Log, options: Options) -> Running {
+    let log = log.clone();
+    start_unix(
+        move || Scripted::with(&log, options.clone()),
+        Config::default(),
+    )
+    .await
+}
+
 pub async fn start_tcp<F, M>(factory: F, config: Config) -> Running
 where
     F: Fn() -> M + Send + Sync + 'static,

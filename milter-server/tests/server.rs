@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Log, Scripted, start_tcp, start_unix};
+use common::{Log, Scripted, start_scripted, start_tcp, start_unix};
 use milter_client::{Client, ClientConfig, ClientError, Message, Modification, Reply, Verdict};
 use milter_proto::{Actions, ConnectAddress, MacroStage, OptNeg, ProtocolFlags};
 use milter_server::{Config, FailurePolicy, Options, OverLimit, Stages};
@@ -152,14 +152,9 @@ fn s(b: &[u8]) -> String {
 #[tokio::test]
 async fn a_modification_that_was_not_negotiated_is_an_action_error() {
     let log = Log::default();
-    let l = log.clone();
     // No actions at all: add_header fails with ActionError, which the
     // callback returns, so the failure policy (tempfail) answers.
-    let server = start_unix(
-        move || Scripted::with(&l, Options::new()),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, Options::new()).await;
     let mut conn = client().connect(server.spec.as_str()).await.unwrap();
     let out = conn.send_message(&message("<mods@x>")).await.unwrap();
     assert_eq!(out.verdict, Verdict::Tempfailed);
@@ -303,16 +298,11 @@ async fn quit_nc_reuses_the_connection() {
 #[tokio::test]
 async fn unimplemented_stages_are_negotiated_away_and_no_reply_is_honoured() {
     let log = Log::default();
-    let l = log.clone();
     let options = Options::new()
         .stages(Stages::MAIL | Stages::HEADER)
         .no_reply(Stages::HEADER)
         .macros(MacroStage::Mail, "i");
-    let server = start_unix(
-        move || Scripted::with(&l, options.clone()),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, options).await;
     let mut conn = client().connect(server.spec.as_str()).await.unwrap();
     let p = conn.agreed().protocol;
     for no in [
@@ -356,13 +346,8 @@ async fn unimplemented_stages_are_negotiated_away_and_no_reply_is_honoured() {
 #[tokio::test]
 async fn stages_the_mta_cannot_skip_are_answered_without_the_callback() {
     let log = Log::default();
-    let l = log.clone();
     let options = Options::new().stages(Stages::MAIL);
-    let server = start_unix(
-        move || Scripted::with(&l, options.clone()),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, options).await;
     let offer = OptNeg {
         version: 6,
         actions: Actions::all(),
@@ -422,13 +407,8 @@ async fn stages_the_mta_cannot_skip_are_answered_without_the_callback() {
 #[tokio::test]
 async fn no_reply_is_faked_for_an_mta_that_does_not_know_it() {
     let log = Log::default();
-    let l = log.clone();
     let options = Options::new().no_reply(Stages::HEADER | Stages::BODY);
-    let server = start_unix(
-        move || Scripted::with(&l, options.clone()),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, options).await;
     // A version 2 MTA (Postfix milter_protocol = 2): no NR bits, no DATA.
     let c = Client::new(ClientConfig::default().with_offer(OptNeg::V2));
     let mut conn = c.connect(server.spec.as_str()).await.unwrap();
@@ -465,14 +445,9 @@ async fn skip_stops_body_chunks_when_the_mta_offers_it() {
 #[tokio::test]
 async fn mds_is_used_when_offered_and_wanted() {
     let log = Log::default();
-    let l = log.clone();
     let mut options = Options::new();
     options.max_data_size = milter_proto::frame::MAX_DATA_SIZE_1M;
-    let server = start_unix(
-        move || Scripted::with(&l, options.clone()),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, options).await;
     let offer = OptNeg {
         version: 6,
         actions: Actions::all(),
@@ -622,12 +597,7 @@ async fn malformed_input_closes_only_that_session() {
 #[tokio::test]
 async fn a_thousand_concurrent_sessions() {
     let log = Log::default();
-    let l = log.clone();
-    let server = start_unix(
-        move || Scripted::with(&l, Options::new().stages(Stages::RCPT)),
-        Config::default(),
-    )
-    .await;
+    let server = start_scripted(&log, Options::new().stages(Stages::RCPT)).await;
     let spec = server.spec.clone();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000 {
