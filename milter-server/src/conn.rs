@@ -4,7 +4,11 @@
 //! spawn. Frames are cut from one read buffer without copying; all the
 //! packets of one turn (end-of-message modifications plus the final reply,
 //! or the replies to pipelined commands) leave in one write, so Nagle never
-//! holds a reply back.
+//! holds a reply back. What a command needs no waiting for (the state
+//! machine, macros, the reply of a stage without a callback) runs without a
+//! future; callbacks and the handler of negotiation, CONNECT, end of
+//! message, QUIT and aborts run as boxed futures, so that an idle
+//! connection's task does not carry their state.
 
 use std::future::Future;
 use std::io;
