@@ -429,17 +429,29 @@ impl<M: Milter> Conn<'_, M> {
             | Command::Quit
             | Command::QuitNc
             | Command::EndOfMessage(_) => Ok(Step::Handler(command, effect)),
+            other => Ok(match self.route(other, effect.expect)? {
+                Some(command) => Step::Callback(command, effect.expect),
+                None => Step::Done,
+            }),
+        }
+    }
+
+    /// Macros, ABORT and the stage commands other than CONNECT and end of
+    /// message: does what needs no waiting (macros stored, the reply of a
+    /// stage without a callback) and gives back the command whose callback
+    /// decides.
+    fn route(&mut self, command: Command, expect: Expect) -> Result<Option<Command>, SessionError> {
+        let code = command.code();
+        match command {
             Command::Macro(m) => {
                 self.set_macros(m);
-                Ok(Step::Done)
+                Ok(None)
             }
-            Command::Abort => Ok(Step::Done),
-            other if self.stages.contains(stage_of(code)) => {
-                Ok(Step::Callback(other, effect.expect))
-            }
+            Command::Abort => Ok(None),
+            other if self.stages.contains(stage_of(code)) => Ok(Some(other)),
             _ => {
-                self.answer(code, effect.expect, Status::Continue)?;
-                Ok(Step::Done)
+                self.answer(code, expect, Status::Continue)?;
+                Ok(None)
             }
         }
     }
@@ -467,7 +479,6 @@ impl<M: Milter> Conn<'_, M> {
         effect: CommandEffect,
         io: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<Flow, SessionError> {
-        let code = command.code();
         let limit = self.config.callback_timeout;
         if effect.aborted
             && let Some(msg) = self.message.take()
@@ -480,29 +491,20 @@ impl<M: Milter> Conn<'_, M> {
         if effect.message_started {
             self.message = Some(M::Message::default());
         }
-        let wants_callback = self.stages.contains(stage_of(code));
-        let status: Option<Status> = match command {
-            Command::OptNeg(offer) => {
-                self.negotiate(&offer).await?;
-                return Ok(Flow::Continue);
-            }
-            Command::Macro(m) => {
-                self.set_macros(m);
-                None
-            }
+        match command {
+            Command::OptNeg(offer) => self.negotiate(&offer).await?,
             Command::Connect(mut c) => {
                 // Connection-level data outlives many read buffers: own it.
                 c.detach();
                 self.view.client = Some(c);
                 let ctx = self.view.ctx();
-                match (wants_callback, ctx.client) {
-                    (true, Some(client)) => Some(
-                        guarded(limit, self.milter.connect(&ctx, client))
-                            .await
-                            .unwrap_or_else(|f| self.failed("connect", f)),
-                    ),
-                    _ => Some(Status::Continue),
-                }
+                let status = match (self.stages.contains(Stages::CONNECT), ctx.client) {
+                    (true, Some(client)) => guarded(limit, self.milter.connect(&ctx, client))
+                        .await
+                        .unwrap_or_else(|f| self.failed("connect", f)),
+                    _ => Status::Continue,
+                };
+                self.answer(cmd::CONNECT, effect.expect, status)?;
             }
             Command::Quit | Command::QuitNc => {
                 let ctx = self.view.ctx();
@@ -511,13 +513,10 @@ impl<M: Milter> Conn<'_, M> {
                 }
                 self.view.client = None;
                 self.message = None;
-                return Ok(if effect.quit {
-                    Flow::Quit
-                } else {
-                    Flow::Continue
-                });
+                if effect.quit {
+                    return Ok(Flow::Quit);
+                }
             }
-            Command::Abort => None,
             Command::EndOfMessage(chunk) => {
                 let status = self.end_of_message(chunk, io).await?;
                 let response = self.status_to_response(status, true);
@@ -529,13 +528,14 @@ impl<M: Milter> Conn<'_, M> {
                 }
                 self.reply(&response)?;
                 self.message = None;
-                return Ok(Flow::Continue);
             }
-            other if wants_callback => Some(self.stage_callback(other).await),
-            _ => Some(Status::Continue),
-        };
-        if let Some(status) = status {
-            self.answer(code, effect.expect, status)?;
+            // A command that ended a message: what remains of it is what
+            // `begin` does for it.
+            other => {
+                if let Some(command) = self.route(other, effect.expect)? {
+                    return self.callback(command, effect.expect).await;
+                }
+            }
         }
         Ok(Flow::Continue)
     }
