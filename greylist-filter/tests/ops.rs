@@ -396,8 +396,7 @@ async fn connection_limit_refuses_the_extra_connection() {
     let mut conn = loop {
         match client.connect(&d.milter).await {
             Ok(conn) => break conn,
-            Err(e) if started.elapsed() < DEADLINE => {
-                let _ = e;
+            Err(_) if started.elapsed() < DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("no connection after the first ended: {e}\n{}", d.log()),
