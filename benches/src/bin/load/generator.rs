@@ -272,6 +272,8 @@ pub(crate) struct Spec {
     pub(crate) io_timeout: Duration,
     /// No new message is started after this long.
     pub(crate) duration: Duration,
+    /// Set `TCP_NODELAY` on the client's TCP sockets (Postfix does not).
+    pub(crate) nodelay: bool,
 }
 
 /// Counters of one connection slot, merged at the end.
@@ -428,6 +430,11 @@ async fn slot(sh: Arc<Shared>) -> Stats {
         let t0 = Instant::now();
         match connect(&sh.spec.target, sh.spec.io_timeout).await {
             Ok(Io::Unix(s)) => conversation(s, t0, &sh, &mut st, &mut bufs).await,
+            Ok(Io::Tcp(s)) if sh.spec.nodelay && s.set_nodelay(true).is_err() => {
+                st.conn_fail += 1;
+                st.failed += 1;
+                st.err("setting TCP_NODELAY");
+            }
             Ok(Io::Tcp(s)) => conversation(s, t0, &sh, &mut st, &mut bufs).await,
             Err(what) => {
                 st.conn_fail += 1;

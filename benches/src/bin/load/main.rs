@@ -14,7 +14,9 @@
 //!   generator the bottleneck?);
 //! - `cross`: a subset of the matrix with both generators back to back;
 //! - `tcp`: one session over TCP against one session over a unix socket
-//!   (the 40 ms Nagle / delayed-ACK stall shows as ~23 msg/s);
+//!   (the 40 ms Nagle / delayed-ACK stall shows as ~23 msg/s), and over TCP
+//!   with `TCP_NODELAY` on the client; with `null-skip`, the floor for
+//!   add-header's conversation;
 //! - `idle`: RSS with 1,000 and 10,000 idle negotiated connections.
 
 mod generator;
@@ -303,7 +305,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if t {
-        b.tcp(&defs, work.path())?;
+        let mut tcp_defs = defs.clone();
+        if b.args.only.is_empty() || b.args.only.iter().any(|l| l == "null-skip") {
+            tcp_defs.push(ServerDef {
+                label: "null-skip".into(),
+                group: Group::AddHeader,
+                argv: [
+                    vec![p(&servers::build_null_skip(&harness, &cache)?)],
+                    s(&["-p", "{spec}", "-m", "addheader", "-q"]),
+                ]
+                .concat(),
+            });
+        }
+        b.tcp(&tcp_defs, work.path())?;
     }
     if i {
         b.idle(&defs, work.path())?;
@@ -394,6 +408,7 @@ impl Bench {
         duration: Duration,
         run: usize,
     ) -> Row {
+        let nodelay = server.client_nodelay;
         let spec = Spec {
             target: server.target.clone(),
             conns,
@@ -401,6 +416,7 @@ impl Bench {
             per_conn,
             io_timeout: Duration::from_secs(self.args.io_timeout),
             duration,
+            nodelay,
         };
         let s0 = server.sample();
         let c0 = Sample::me();
@@ -423,6 +439,7 @@ impl Bench {
             group: server.def.group,
             transport: match server.target {
                 Target::Unix(_) => "unix",
+                Target::Tcp(_) if nodelay => "tcp-nodelay",
                 Target::Tcp(_) => "tcp",
             },
             conns,
@@ -477,6 +494,7 @@ impl Bench {
             per_conn,
             io_timeout: Duration::from_secs(self.args.io_timeout),
             duration: Duration::from_secs(300),
+            nodelay: server.client_nodelay,
         };
         let r = servers::milterload(bin, &spec, server.pid(), self.args.body, self.args.headers)?;
         let row = Row {
@@ -780,50 +798,69 @@ impl Bench {
         Ok(())
     }
 
-    /// One session over TCP vs one session over a unix socket.
+    /// One session over TCP vs one session over a unix socket, and over TCP
+    /// again with `TCP_NODELAY` on the client.
     fn tcp(&mut self, defs: &[ServerDef], dir: &Path) -> anyhow::Result<()> {
+        /// One run of one server: unix, TCP and TCP with a no-delay client.
+        struct Run {
+            unix: f64,
+            tcp: Row,
+            nodelay: f64,
+        }
         let secs = Duration::from_secs_f64(self.args.tcp_secs);
         let n = self.args.messages;
-        let mut results: BTreeMap<String, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+        let mut results: BTreeMap<String, Vec<Run>> = BTreeMap::new();
         for run in 1..=self.args.runs {
             for d in defs {
                 let mut u = Server::start(d, dir, false)?;
-                let ru = self.measure(&mut u, "tcp", (1, n), n, secs, run);
+                let unix = self.measure(&mut u, "tcp", (1, n), n, secs, run).rate;
                 drop(u);
                 let mut t = Server::start(d, dir, true)?;
-                let rt = self.measure(&mut t, "tcp", (1, n), n, secs, run);
+                let tcp = self.measure(&mut t, "tcp", (1, n), n, secs, run);
+                drop(t);
+                let mut t = Server::start(d, dir, true)?;
+                t.client_nodelay = true;
+                let nodelay = self.measure(&mut t, "tcp", (1, n), n, secs, run).rate;
                 drop(t);
                 results
                     .entry(d.label.clone())
                     .or_default()
-                    .push((ru.rate, rt.rate, rt.p50_us, rt.p99_us));
+                    .push(Run { unix, tcp, nodelay });
             }
         }
         let _ = writeln!(
             self.out,
-            "\n## One session: TCP (127.0.0.1) vs unix socket\n\nOne connection, all messages on it, each run at most {:.0} s; no TCP_NODELAY on the client (Postfix sets none). A 40 ms Nagle/delayed-ACK stall per message shows as ~23 msg/s. Values per run.\n\n| server | unix msg/s | TCP msg/s | TCP / unix | TCP p50 us | TCP p99 us |\n|---|---:|---:|---:|---:|---:|",
+            "\n## One session: TCP (127.0.0.1) vs unix socket\n\nOne connection, all messages on it, each run at most {:.0} s. \"TCP\": no TCP_NODELAY on the client, as Postfix; a 40 ms Nagle/delayed-ACK stall per message shows as ~23 msg/s. \"NODELAY\": the same over TCP with TCP_NODELAY on the client. `null-skip` is nullmilter.c negotiating what add-header negotiates (only macros and end of message reach it): the floor for add-header's conversation. Values per run.\n\n| server | unix msg/s | TCP msg/s | TCP / unix | TCP p50 us | TCP p99 us | NODELAY msg/s | NODELAY / unix |\n|---|---:|---:|---:|---:|---:|---:|---:|",
             self.args.tcp_secs
         );
         for d in defs {
             let Some(v) = results.get(&d.label) else {
                 continue;
             };
-            let j = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            let j = |f: &dyn Fn(&Run) -> f64| {
                 v.iter()
                     .map(|x| format!("{:.0}", f(x)))
                     .collect::<Vec<_>>()
                     .join(" / ")
             };
-            let ratio: Vec<f64> = v.iter().map(|x| x.1 / x.0.max(1e-9)).collect();
+            let ratio = |f: &dyn Fn(&Run) -> f64| {
+                fmt_ratios(
+                    &v.iter()
+                        .map(|x| f(x) / x.unix.max(1e-9))
+                        .collect::<Vec<_>>(),
+                )
+            };
             let _ = writeln!(
                 self.out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 d.label,
-                j(|x| x.0),
-                j(|x| x.1),
-                fmt_ratios(&ratio),
-                j(|x| x.2),
-                j(|x| x.3)
+                j(&|x| x.unix),
+                j(&|x| x.tcp.rate),
+                ratio(&|x| x.tcp.rate),
+                j(&|x| x.tcp.p50_us),
+                j(&|x| x.tcp.p99_us),
+                j(&|x| x.nodelay),
+                ratio(&|x| x.nodelay),
             );
         }
         Ok(())
@@ -861,6 +898,7 @@ impl Bench {
                     per_conn: 100,
                     io_timeout: Duration::from_secs(10),
                     duration: Duration::from_secs(30),
+                    nodelay: false,
                 };
                 self.rt.block_on(generator::run(
                     self.pk.clone(),

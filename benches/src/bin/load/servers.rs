@@ -37,6 +37,37 @@ pub(crate) fn gcc(src: &Path, out: &Path, libs: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line of `nullmilter.c` that chooses its protocol flags.
+const NULL_PROTOCOL_LINE: &str = "r[2] = htonl(0x100 | (nodata ? 0x200 : 0));";
+
+/// Builds `null-skip`: `nullmilter.c` negotiating exactly what `add-header`
+/// negotiates (every stage skipped, protocol 0x77f), so that the MTA sends it
+/// only macros and end of message. It is the floor for add-header's
+/// conversation; `nullmilter -m addheader` walks every stage instead. Made
+/// from the harness source with that one line changed, so that it is the
+/// same server otherwise.
+pub(crate) fn build_null_skip(harness: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    let src = harness.join("nullmilter.c");
+    let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+    if !text.contains(NULL_PROTOCOL_LINE) {
+        bail!(
+            "{} no longer contains `{NULL_PROTOCOL_LINE}`: cannot derive null-skip",
+            src.display()
+        );
+    }
+    let patched = cache.join("nullmilter-skip.c");
+    let new = text.replace(
+        NULL_PROTOCOL_LINE,
+        "r[2] = htonl(0x77f); /* null-skip: every stage skipped, as add-header */",
+    );
+    if fs::read_to_string(&patched).ok().as_deref() != Some(new.as_str()) {
+        fs::write(&patched, new)?;
+    }
+    let bin = cache.join("nullmilter-skip");
+    gcc(&patched, &bin, &[])?;
+    Ok(bin)
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -97,6 +128,9 @@ pub(crate) fn kill_children_on_signal() {
 pub(crate) struct Server {
     pub(crate) def: ServerDef,
     pub(crate) target: Target,
+    /// The load generators set `TCP_NODELAY` on their TCP sockets to it
+    /// (off by default, as Postfix).
+    pub(crate) client_nodelay: bool,
     child: Child,
 }
 
@@ -140,6 +174,7 @@ impl Server {
         let mut server = Server {
             def: def.clone(),
             target,
+            client_nodelay: false,
             child,
         };
         let until = Instant::now() + Duration::from_secs(10);
@@ -295,6 +330,7 @@ pub(crate) fn milterload(
         .args(["-H", &headers.to_string()])
         .args(["-p", &pid.to_string()])
         .args(["-T", "300", "-q"])
+        .args(spec.nodelay.then_some("-N"))
         .output()
         .context("running milterload")?;
     let text = String::from_utf8_lossy(&out.stdout);
