@@ -347,6 +347,32 @@ fn failed(config: &Config, id: u64, stage: &'static str, failure: Failure) -> St
     status
 }
 
+/// A callback's future, as `async_trait` boxes it.
+type CallbackFuture<'f> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Status, BoxError>> + Send + 'f>>;
+
+/// The filter's callback for a stage command other than CONNECT and end of
+/// message, with the stage's name for the log; `None` if the command has
+/// none (or needs a message and none is in progress).
+fn stage_future<'f, M: Milter>(
+    milter: &'f mut M,
+    message: Option<&'f mut M::Message>,
+    ctx: &'f Context<'f>,
+    command: &'f Command,
+) -> Option<(&'static str, CallbackFuture<'f>)> {
+    Some(match (command, message) {
+        (Command::Helo(name), _) => ("helo", milter.helo(ctx, name)),
+        (Command::Unknown(line), _) => ("unknown", milter.unknown(ctx, line)),
+        (Command::Mail(env), Some(msg)) => ("envfrom", milter.envfrom(ctx, msg, env)),
+        (Command::Rcpt(env), Some(msg)) => ("envrcpt", milter.envrcpt(ctx, msg, env)),
+        (Command::Data, Some(msg)) => ("data", milter.data(ctx, msg)),
+        (Command::Header(h), Some(msg)) => ("header", milter.header(ctx, msg, h)),
+        (Command::EndOfHeaders, Some(msg)) => ("eoh", milter.eoh(ctx, msg)),
+        (Command::Body(chunk), Some(msg)) => ("body", milter.body(ctx, msg, chunk)),
+        _ => return None,
+    })
+}
+
 impl<M: Milter> Conn<'_, M> {
     fn failed(&self, stage: &'static str, failure: Failure) -> Status {
         failed(self.config, self.id, stage, failure)
@@ -569,45 +595,20 @@ impl<M: Milter> Conn<'_, M> {
     /// Runs a stage command's callback and answers with its decision.
     async fn callback(&mut self, command: Command, expect: Expect) -> Result<Flow, SessionError> {
         let code = command.code();
-        let status = self.stage_callback(command).await;
+        let status = {
+            let ctx = self.view.ctx();
+            match stage_future(&mut self.milter, self.message.as_mut(), &ctx, &command) {
+                Some((stage, fut)) => {
+                    match guarded(self.config.callback_timeout, fut).await {
+                        Ok(status) => status,
+                        Err(failure) => failed(self.config, self.id, stage, failure),
+                    }
+                }
+                None => Status::Continue,
+            }
+        };
         self.answer(code, expect, status)?;
         Ok(Flow::Continue)
-    }
-
-    /// Runs the callback of a stage command other than CONNECT and EOM.
-    async fn stage_callback(&mut self, command: Command) -> Status {
-        let limit = self.config.callback_timeout;
-        let ctx = self.view.ctx();
-        let milter = &mut self.milter;
-        let result = match (&command, self.message.as_mut()) {
-            (Command::Helo(name), _) => ("helo", guarded(limit, milter.helo(&ctx, name)).await),
-            (Command::Unknown(line), _) => {
-                ("unknown", guarded(limit, milter.unknown(&ctx, line)).await)
-            }
-            (Command::Mail(env), Some(msg)) => (
-                "envfrom",
-                guarded(limit, milter.envfrom(&ctx, msg, env)).await,
-            ),
-            (Command::Rcpt(env), Some(msg)) => (
-                "envrcpt",
-                guarded(limit, milter.envrcpt(&ctx, msg, env)).await,
-            ),
-            (Command::Data, Some(msg)) => ("data", guarded(limit, milter.data(&ctx, msg)).await),
-            (Command::Header(h), Some(msg)) => {
-                ("header", guarded(limit, milter.header(&ctx, msg, h)).await)
-            }
-            (Command::EndOfHeaders, Some(msg)) => {
-                ("eoh", guarded(limit, milter.eoh(&ctx, msg)).await)
-            }
-            (Command::Body(chunk), Some(msg)) => {
-                ("body", guarded(limit, milter.body(&ctx, msg, chunk)).await)
-            }
-            _ => return Status::Continue,
-        };
-        match result {
-            (_, Ok(status)) => status,
-            (stage, Err(failure)) => self.failed(stage, failure),
-        }
     }
 
     /// End of message: an optional last body chunk, then the eom callback
