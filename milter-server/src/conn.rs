@@ -598,12 +598,10 @@ impl<M: Milter> Conn<'_, M> {
         let status = {
             let ctx = self.view.ctx();
             match stage_future(&mut self.milter, self.message.as_mut(), &ctx, &command) {
-                Some((stage, fut)) => {
-                    match guarded(self.config.callback_timeout, fut).await {
-                        Ok(status) => status,
-                        Err(failure) => failed(self.config, self.id, stage, failure),
-                    }
-                }
+                Some((stage, fut)) => match guarded(self.config.callback_timeout, fut).await {
+                    Ok(status) => status,
+                    Err(failure) => failed(self.config, self.id, stage, failure),
+                },
                 None => Status::Continue,
             }
         };
