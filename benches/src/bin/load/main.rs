@@ -844,7 +844,7 @@ impl Bench {
         }
         let _ = writeln!(
             self.out,
-            "\n## One session: TCP (127.0.0.1) vs unix socket\n\nOne connection, all messages on it, each run at most {:.0} s. \"TCP\": no TCP_NODELAY on the client, as Postfix; a 40 ms Nagle/delayed-ACK stall per message shows as ~23 msg/s. \"NODELAY\": the same over TCP with TCP_NODELAY on the client. `null-skip` is nullmilter.c negotiating what add-header negotiates (only macros and end of message reach it): the floor for add-header's conversation. Values per run.\n\n| server | unix msg/s | TCP msg/s | TCP / unix | TCP p50 us | TCP p99 us | NODELAY msg/s | NODELAY / unix |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## One session: TCP (127.0.0.1) vs unix socket\n\nOne connection, all messages on it, each run at most {:.0} s. \"TCP\": no TCP_NODELAY on the client, as Postfix; a 40 ms Nagle/delayed-ACK stall per message shows as ~23 msg/s. \"NODELAY\": the same over TCP with TCP_NODELAY on the client. `null-skip` is nullmilter.c negotiating what add-header negotiates (only macros and end of message reach it), with `-q` (TCP_QUICKACK re-armed after reads): the floor for add-header's conversation. Values per run.\n\n| server | unix msg/s | TCP msg/s | TCP / unix | TCP p50 us | TCP p99 us | NODELAY msg/s | NODELAY / unix |\n|---|---:|---:|---:|---:|---:|---:|---:|",
             self.args.tcp_secs
         );
         for d in defs {
