@@ -24,13 +24,13 @@ use milter_proto::{
     OptNeg, ProtocolFlags, Response, Session, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::config::{Config, FailurePolicy};
 use crate::context::{Context, EomContext, Negotiated};
 use crate::error::SessionError;
 use crate::milter::{BoxError, Milter, Options, Stages, Status};
+use crate::shutdown::Shutdown;
 
 /// A byte stream a milter session can run on. Implemented for tokio's TCP
 /// and unix streams and for in-memory duplex pipes; wrap anything else in
@@ -119,8 +119,9 @@ pub async fn serve_connection<M: Milter, T: Transport>(
     milter: M,
     config: &Config,
 ) -> Result<(), SessionError> {
-    let never = CancellationToken::new();
-    run(io, milter, config, next_id(), &never, &never, ()).await
+    /// A shutdown nobody starts: the caller ends the session by dropping it.
+    static NEVER: Shutdown = Shutdown::new();
+    run(io, milter, config, next_id(), &NEVER, ()).await
 }
 
 pub(crate) fn next_id() -> u64 {
@@ -687,25 +688,24 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 /// in another block holding a second copy of the stream), rather than an
 /// `async fn`, which keeps its arguments twice.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn run<'a, M, T, C, K, G>(
+pub(crate) fn run<'a, M, T, C, S, G>(
     mut io: T,
     milter: M,
     config: C,
     id: u64,
-    graceful: K,
-    hard: K,
+    shutdown: S,
     guard: G,
 ) -> impl Future<Output = Result<(), SessionError>> + 'a
 where
     M: Milter + 'a,
     T: Transport + 'a,
     C: std::ops::Deref<Target = Config> + 'a,
-    K: std::borrow::Borrow<CancellationToken> + 'a,
+    S: std::borrow::Borrow<Shutdown> + 'a,
     G: 'a,
 {
     async move {
         let config: &Config = &config;
-        let (graceful, hard) = (graceful.borrow(), hard.borrow());
+        let shutdown: &Shutdown = shutdown.borrow();
         let mut conn = Conn {
             milter,
             id,
@@ -725,8 +725,8 @@ where
         };
         let result = tokio::select! {
             biased;
-            () = hard.cancelled() => Err(SessionError::Shutdown),
-            r = serve(&mut conn, &mut io, graceful) => r,
+            () = shutdown.until_cut() => Err(SessionError::Shutdown),
+            r = serve(&mut conn, &mut io, shutdown) => r,
         };
         match &result {
             Ok(Ended::Quit) => {}
@@ -763,7 +763,7 @@ enum Ended {
 async fn serve<M: Milter, T: Transport>(
     conn: &mut Conn<'_, M>,
     io: &mut T,
-    graceful: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> Result<Ended, SessionError> {
     let config = conn.config;
     let mut decoder = FrameDecoder::new(config.max_inbound_frame);
@@ -773,8 +773,15 @@ async fn serve<M: Milter, T: Transport>(
     let mut deadline = tokio::time::Instant::now() + config.idle_timeout;
     let idle_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(idle_timer);
-    let shutdown = graceful.cancelled();
-    tokio::pin!(shutdown);
+    // Draining is seen on the wake-up `Shutdown::until_cut` gets for it.
+    let draining = std::future::poll_fn(|_| {
+        if shutdown.is_draining() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    tokio::pin!(draining);
     loop {
         // Every whole frame in the buffer, then one write for all replies.
         loop {
@@ -819,7 +826,7 @@ async fn serve<M: Milter, T: Transport>(
         }
         let wrote = flush(conn, io).await?;
         let between_messages = !conn.session.in_message() && conn.session.pending_reply().is_none();
-        if between_messages && graceful.is_cancelled() {
+        if between_messages && shutdown.is_draining() {
             debug!(conn = conn.id, "closing idle session for shutdown");
             return Ok(Ended::Shutdown);
         }
@@ -861,7 +868,7 @@ async fn serve<M: Milter, T: Transport>(
             tokio::select! {
                 biased;
                 r = &mut wait => break r?,
-                () = &mut shutdown, if between_messages => {
+                () = &mut draining, if between_messages => {
                     debug!(conn = conn.id, "closing idle session for shutdown");
                     return Ok(Ended::Shutdown);
                 }

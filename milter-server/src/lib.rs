@@ -78,6 +78,7 @@ mod error;
 mod listener;
 mod milter;
 mod server;
+mod shutdown;
 
 pub use async_trait::async_trait;
 pub use chain::{Chain, ChainMessage};

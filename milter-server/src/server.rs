@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -16,6 +15,7 @@ use crate::conn::{next_id, run};
 use crate::error::Error;
 use crate::listener::{Accepted, Listener};
 use crate::milter::Milter;
+use crate::shutdown::Shutdown;
 
 /// A milter server: a factory that makes one filter per connection, and
 /// its [`Config`] (`smfi_register` + `smfi_main`).
@@ -80,8 +80,7 @@ where
         let config = Arc::new(self.config);
         let factory = self.factory;
         let tracker = TaskTracker::new();
-        let graceful = CancellationToken::new();
-        let hard = CancellationToken::new();
+        let shutdown_sessions = Arc::new(Shutdown::new());
         let limit = Arc::new(Semaphore::new(config.max_connections));
         info!(socket = %listener.local_spec(), max_connections = config.max_connections, "milter server listening");
         tokio::pin!(shutdown);
@@ -127,18 +126,18 @@ where
             let id = next_id();
             let milter = factory();
             let config = Arc::clone(&config);
-            let (graceful, hard) = (graceful.clone(), hard.clone());
+            let sessions = Arc::clone(&shutdown_sessions);
             match accepted {
                 Accepted::Unix(stream) => {
                     let span = info_span!("milter", conn = id);
-                    let session = run(stream, milter, config, id, graceful, hard, permit);
+                    let session = run(stream, milter, config, id, sessions, permit);
                     spawn_session(&tracker, session, span);
                 }
                 Accepted::Tcp(stream, peer) => {
                     let _ = stream.set_nodelay(true);
                     let _ = socket2::SockRef::from(&stream).set_keepalive(true);
                     let span = info_span!("milter", conn = id, %peer);
-                    let session = run(stream, milter, config, id, graceful, hard, permit);
+                    let session = run(stream, milter, config, id, sessions, permit);
                     spawn_session(&tracker, session, span);
                 }
             }
@@ -150,7 +149,7 @@ where
         );
         listener.remove_socket_file();
         drop(listener);
-        graceful.cancel();
+        shutdown_sessions.start_draining();
         tracker.close();
         if tokio::time::timeout(config.drain_timeout, tracker.wait())
             .await
@@ -160,7 +159,7 @@ where
                 sessions = tracker.len(),
                 "drain deadline passed; cutting the remaining sessions"
             );
-            hard.cancel();
+            shutdown_sessions.cut_sessions();
             tracker.wait().await;
         }
         info!("milter server stopped");
