@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -16,6 +17,10 @@ use crate::error::Error;
 use crate::listener::{Accepted, Listener};
 use crate::milter::Milter;
 use crate::shutdown::Shutdown;
+
+/// How many connections the accept loop may take in a row without polling
+/// the shutdown future.
+const SHUTDOWN_CHECK_EVERY: u32 = 64;
 
 /// A milter server: a factory that makes one filter per connection, and
 /// its [`Config`] (`smfi_register` + `smfi_main`).
@@ -84,19 +89,33 @@ where
         let limit = Arc::new(Semaphore::new(config.max_connections));
         info!(socket = %listener.local_spec(), max_connections = config.max_connections, "milter server listening");
         tokio::pin!(shutdown);
+        // The permit and the connection are polled before `shutdown`, which
+        // may be costly to poll (signal streams), so `shutdown` is polled
+        // when they are not ready, and every `SHUTDOWN_CHECK_EVERY`
+        // connections, so that a flood of them does not hide it.
+        let mut unchecked = 0u32;
         loop {
+            unchecked += 1;
+            if unchecked == SHUTDOWN_CHECK_EVERY {
+                unchecked = 0;
+                let polled =
+                    std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
+                if polled.is_ready() {
+                    break;
+                }
+            }
             let waited = match config.over_limit {
                 OverLimit::Wait => tokio::select! {
                     biased;
-                    () = &mut shutdown => break,
                     p = limit.clone().acquire_owned() => p.ok(),
+                    () = &mut shutdown => break,
                 },
                 OverLimit::Refuse => None,
             };
             let accepted = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
                 r = listener.accept() => r,
+                () = &mut shutdown => break,
             };
             let accepted = match accepted {
                 Ok(a) => a,

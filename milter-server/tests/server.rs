@@ -800,3 +800,45 @@ fn a_session_future_stays_small() {
     let size = std::mem::size_of_val(&session);
     assert!(size <= 1100, "the session future grew to {size} bytes");
 }
+
+/// A filter that does nothing, for tests of the accept loop.
+struct Nothing;
+
+#[milter_server::async_trait]
+impl milter_server::Milter for Nothing {
+    type Message = ();
+}
+
+#[tokio::test]
+async fn shutdown_is_seen_while_connections_keep_arriving() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flood.sock");
+    let spec = format!("unix:{}", path.display());
+    let listener = milter_server::Listener::bind(&spec).await.unwrap();
+    // Every connection already waits in the backlog, so an accept is
+    // always ready: the server must still see that it is to shut down.
+    let waiting: Vec<_> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+        .collect();
+    // Let the runtime see the listener readable.
+    tokio::task::yield_now().await;
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = Arc::clone(&made);
+    let serve = milter_server::Server::new(move || {
+        m.fetch_add(1, Ordering::Relaxed);
+        Nothing
+    })
+    .serve(listener, std::future::ready(()));
+    tokio::time::timeout(Duration::from_secs(30), serve)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    let accepted = made.load(Ordering::Relaxed);
+    assert!(accepted > 0, "waiting connections are accepted first");
+    assert!(
+        accepted < waiting.len(),
+        "shutdown was seen only after all {accepted} waiting connections were accepted"
+    );
+}
