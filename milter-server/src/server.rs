@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -98,9 +97,7 @@ where
             unchecked += 1;
             if unchecked == SHUTDOWN_CHECK_EVERY {
                 unchecked = 0;
-                let polled =
-                    std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
-                if polled.is_ready() {
+                if futures::poll!(shutdown.as_mut()).is_ready() {
                     break;
                 }
             }

@@ -801,14 +801,6 @@ fn a_session_future_stays_small() {
     assert!(size <= 1100, "the session future grew to {size} bytes");
 }
 
-/// A filter that does nothing, for tests of the accept loop.
-struct Nothing;
-
-#[milter_server::async_trait]
-impl milter_server::Milter for Nothing {
-    type Message = ();
-}
-
 #[tokio::test]
 async fn shutdown_is_seen_while_connections_keep_arriving() {
     use std::sync::Arc;
@@ -826,9 +818,10 @@ async fn shutdown_is_seen_while_connections_keep_arriving() {
     tokio::task::yield_now().await;
     let made = Arc::new(AtomicUsize::new(0));
     let m = Arc::clone(&made);
+    let log = Log::default();
     let serve = milter_server::Server::new(move || {
         m.fetch_add(1, Ordering::Relaxed);
-        Nothing
+        Scripted::new(&log)
     })
     .serve(listener, std::future::ready(()));
     tokio::time::timeout(Duration::from_secs(30), serve)
