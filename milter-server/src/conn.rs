@@ -6,8 +6,9 @@
 //! or the replies to pipelined commands) leave in one write, so Nagle never
 //! holds a reply back. What a command needs no waiting for (the state
 //! machine, macros, the reply of a stage without a callback) runs without a
-//! future; callbacks and the handler of negotiation, CONNECT, end of
-//! message, QUIT and aborts run as boxed futures, so that an idle
+//! future. A callback is polled once in place, and most decide then; only
+//! one that waits is boxed with its timer. The handlers of negotiation, end
+//! of message and aborts run as boxed futures. Either way an idle
 //! connection's task does not carry their state.
 
 use std::future::Future;
@@ -17,11 +18,10 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use milter_proto::command::code as cmd;
 use milter_proto::{
-    Actions, Command, CommandEffect, Connect, Expect, FilterOptions, FrameDecoder, MacroStore,
-    OptNeg, ProtocolFlags, Response, Session, negotiate,
+    Actions, Command, CommandEffect, Expect, FilterOptions, FrameDecoder, MacroStore, OptNeg,
+    ProtocolFlags, Response, Session, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, Span, debug, info_span, warn};
@@ -136,21 +136,31 @@ enum Flow {
     Quit,
 }
 
-/// The boxed future of a command that must wait: a stage callback, or the
-/// full handler.
-type Handling<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Flow, SessionError>> + Send + 'a>>;
+/// The boxed future of a handler: negotiation, end of message, or the abort
+/// callback of a message another command ended.
+type Handling<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send + 'a>>;
 
 /// How a command goes on after the part of it that needs no waiting
-/// ([`Conn::begin`]).
+/// ([`Conn::begin`]). A command something waits for is kept in the
+/// [`MessageExtras`] meanwhile, so that what the session's task holds
+/// across a wait is this small value, not the command.
+#[derive(Clone, Copy)]
 enum Step {
     /// Done: a macro, an abort with nothing to abort, or a stage the
     /// filter has no callback for (already answered).
     Done,
-    /// The filter's callback for this stage command decides the reply.
-    Callback(Command, Expect),
-    /// Negotiation, CONNECT, end of message, QUIT, or a command that ends
-    /// a message the abort callback must see first: the full handler.
-    Handler(Command, CommandEffect),
+    /// The filter's callback for this stage command (its code) decides
+    /// the reply.
+    Callback(u8, Expect),
+    /// CONNECT, its client kept: the connect callback decides.
+    Connect(Expect),
+    /// QUIT (`true`) or QUIT_NC (`false`): the close callback runs.
+    Quit(bool),
+    /// Negotiation or end of message: the full handler.
+    Handler,
+    /// A command that ended a message the abort callback must see first;
+    /// then the command goes on as [`Conn::dispatch`] says.
+    Abort(CommandEffect),
 }
 
 /// Why a callback produced no status.
@@ -170,55 +180,152 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Runs a callback with the configured timeout, catching panics.
-///
-/// Most callbacks finish on their first poll (they decide from what they
-/// were given), so the future is polled once before a timer is armed: the
-/// timer wheel is only touched by callbacks that really wait, and the
-/// timer's state is boxed so that it takes no room in the caller's future.
-async fn guarded<T>(
-    limit: Duration,
-    fut: impl Future<Output = Result<T, BoxError>>,
-) -> Result<T, Failure> {
-    let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    let outcome = match first {
-        Poll::Ready(outcome) => outcome,
-        Poll::Pending => match Box::pin(tokio::time::timeout(limit, fut)).await {
-            Err(_) => return Err(Failure::Timeout(limit)),
-            Ok(outcome) => outcome,
-        },
-    };
-    match outcome {
+/// A callback's future, as `async_trait` boxes it.
+type CallbackFuture<'f, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'f>>;
+
+/// Polls a callback once, catching a panic.
+fn poll_callback<T>(
+    fut: &mut CallbackFuture<'_, T>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Result<T, Failure>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(Ok(v))) => Poll::Ready(Ok(v)),
+        Ok(Poll::Ready(Err(e))) => Poll::Ready(Err(Failure::Error(e))),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_string());
-            Err(Failure::Panic(msg))
+            Poll::Ready(Err(Failure::Panic(msg)))
         }
-        Ok(Err(e)) => Err(Failure::Error(e)),
-        Ok(Ok(v)) => Ok(v),
     }
 }
 
-/// What callbacks can see, kept apart from the filter so that a
-/// [`Context`] can borrow it while the filter is borrowed mutably.
-struct View {
-    id: u64,
-    macros: MacroStore,
-    client: Option<Connect>,
-    agreed: Negotiated,
+/// A callback with the configured timeout, catching panics, polled in
+/// `span` if one is given.
+fn guarded<'f, T>(
+    limit: Duration,
+    span: Option<&'f Span>,
+    fut: CallbackFuture<'f, T>,
+) -> Guarded<'f, T> {
+    Guarded {
+        fut,
+        span,
+        limit,
+        timer: None,
+    }
 }
 
-impl View {
-    fn ctx(&self) -> Context<'_> {
-        Context {
-            id: self.id,
-            macros: &self.macros,
-            client: self.client.as_ref(),
-            agreed: &self.agreed,
+/// What is left of a callback that did not finish on its first poll.
+type Rest<'f, T> = std::pin::Pin<Box<Guarded<'f, T>>>;
+
+/// A callback after its first poll ([`poll_now`]).
+enum Started<'f, T> {
+    /// It finished: its outcome.
+    Done(Result<T, Failure>),
+    /// It waits: what is left of it.
+    Waiting(Rest<'f, T>),
+}
+
+impl<'f, T> Started<'f, T> {
+    /// The outcome or what is left, apart (see [`finish!`]).
+    #[allow(clippy::type_complexity)]
+    fn split(started: Option<Self>) -> (Option<Result<T, Failure>>, Option<Rest<'f, T>>) {
+        match started {
+            Some(Started::Done(outcome)) => (Some(outcome), None),
+            Some(Started::Waiting(rest)) => (None, Some(rest)),
+            None => (None, None),
+        }
+    }
+}
+
+/// Finishes a callback started in place (an `Option<Started>`, `None` if
+/// there is no callback): its outcome, waiting for it if it waits. The
+/// outcome and what is left are taken apart first, so that across the wait
+/// the session's task holds the box of what is left and nothing more; a
+/// `match` on the started value would keep all of it there, outcome
+/// included, in every idle connection.
+macro_rules! finish {
+    ($started:expr) => {{
+        let (done, rest) = Started::split($started);
+        match rest {
+            Some(rest) => {
+                drop(done);
+                Some(rest.await)
+            }
+            None => done,
+        }
+    }};
+}
+
+/// Polls a callback once, in place, and boxes what is left if it waits.
+///
+/// Most callbacks finish on their first poll (they decide from what they
+/// were given): such a callback costs no allocation besides its own box
+/// and no timer, and no room in the session's task. That poll is made
+/// with a waker that does nothing, so that it needs no `async` context.
+/// A callback that waits is boxed and, once awaited, polled again with the
+/// task's waker straight away; the contract of [`Future::poll`] is that
+/// only the waker of the latest poll is woken. Its timer is armed then.
+fn poll_now<'f, T>(
+    limit: Duration,
+    span: Option<&'f Span>,
+    fut: CallbackFuture<'f, T>,
+) -> Started<'f, T> {
+    let mut guarded = guarded(limit, span, fut);
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    match guarded.poll_first(&mut cx) {
+        Poll::Ready(outcome) => Started::Done(outcome),
+        Poll::Pending => Started::Waiting(Box::pin(guarded)),
+    }
+}
+
+/// Runs a callback to its end: [`poll_now`], then what is left.
+async fn run_guarded<T>(
+    limit: Duration,
+    span: Option<&Span>,
+    fut: CallbackFuture<'_, T>,
+) -> Result<T, Failure> {
+    match poll_now(limit, span, fut) {
+        Started::Done(outcome) => outcome,
+        Started::Waiting(rest) => rest.await,
+    }
+}
+
+/// The future of [`guarded`].
+struct Guarded<'f, T> {
+    fut: CallbackFuture<'f, T>,
+    span: Option<&'f Span>,
+    limit: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Guarded<'_, T> {
+    /// The first poll: the callback only, with no timer yet.
+    fn poll_first(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<T, Failure>> {
+        let _entered = self.span.map(Span::enter);
+        poll_callback(&mut self.fut, cx)
+    }
+}
+
+impl<T> Future for Guarded<'_, T> {
+    type Output = Result<T, Failure>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(outcome) = this.poll_first(cx) {
+            return Poll::Ready(outcome);
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Failure::Timeout(limit))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -228,7 +335,9 @@ struct Conn<'c, M: Milter> {
     id: u64,
     config: &'c Config,
     session: Session,
-    view: View,
+    /// What callbacks see, kept apart from the filter so that it can be
+    /// lent while the filter is borrowed mutably.
+    view: Context<'static>,
     /// No-reply bits the filter wanted but the MTA does not know: answer CONTINUE.
     fake_no_reply: ProtocolFlags,
     /// The stages whose callbacks the filter implements, as negotiated.
@@ -241,12 +350,15 @@ struct Conn<'c, M: Milter> {
 
 /// What the server keeps for a message in progress: created at MAIL,
 /// dropped when the message ends, so that an idle connection's task does
-/// not carry it.
+/// not carry it. Outside a message it holds a command being waited for,
+/// and is dropped once the command is done.
 struct MessageExtras {
     /// The message's span; its `queue_id` is filled in when the MTA's `i`
     /// macro arrives.
     span: Span,
     queue_id_known: bool,
+    /// The command being waited for (see [`Step`]); a callback borrows it.
+    command: Option<Command>,
     /// Header and recipient modifications of the end-of-message callback.
     mods: BytesMut,
     /// Replacement body packets of the end-of-message callback.
@@ -258,6 +370,7 @@ impl MessageExtras {
         Box::new(Self {
             span,
             queue_id_known: false,
+            command: None,
             mods: BytesMut::new(),
             body: BytesMut::new(),
         })
@@ -348,37 +461,45 @@ fn failed(config: &Config, id: u64, stage: &'static str, failure: Failure) -> St
     status
 }
 
-/// A callback's future, as `async_trait` boxes it.
-type CallbackFuture<'f> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Status, BoxError>> + Send + 'f>>;
-
 /// The filter's callback for a stage command other than CONNECT and end of
-/// message, with the stage's name for the log; `None` if the command has
-/// none (or needs a message and none is in progress).
+/// message; `None` if the command has none (or needs a message and none is
+/// in progress).
 fn stage_future<'f, M: Milter>(
     milter: &'f mut M,
     message: Option<&'f mut M::Message>,
     ctx: &'f Context<'f>,
     command: &'f Command,
-) -> Option<(&'static str, CallbackFuture<'f>)> {
+) -> Option<CallbackFuture<'f, Status>> {
     Some(match (command, message) {
-        (Command::Helo(name), _) => ("helo", milter.helo(ctx, name)),
-        (Command::Unknown(line), _) => ("unknown", milter.unknown(ctx, line)),
-        (Command::Mail(env), Some(msg)) => ("envfrom", milter.envfrom(ctx, msg, env)),
-        (Command::Rcpt(env), Some(msg)) => ("envrcpt", milter.envrcpt(ctx, msg, env)),
-        (Command::Data, Some(msg)) => ("data", milter.data(ctx, msg)),
-        (Command::Header(h), Some(msg)) => ("header", milter.header(ctx, msg, h)),
-        (Command::EndOfHeaders, Some(msg)) => ("eoh", milter.eoh(ctx, msg)),
-        (Command::Body(chunk), Some(msg)) => ("body", milter.body(ctx, msg, chunk)),
+        (Command::Helo(name), _) => milter.helo(ctx, name),
+        (Command::Unknown(line), _) => milter.unknown(ctx, line),
+        (Command::Mail(env), Some(msg)) => milter.envfrom(ctx, msg, env),
+        (Command::Rcpt(env), Some(msg)) => milter.envrcpt(ctx, msg, env),
+        (Command::Data, Some(msg)) => milter.data(ctx, msg),
+        (Command::Header(h), Some(msg)) => milter.header(ctx, msg, h),
+        (Command::EndOfHeaders, Some(msg)) => milter.eoh(ctx, msg),
+        (Command::Body(chunk), Some(msg)) => milter.body(ctx, msg, chunk),
         _ => return None,
     })
 }
 
-impl<M: Milter> Conn<'_, M> {
-    fn failed(&self, stage: &'static str, failure: Failure) -> Status {
-        failed(self.config, self.id, stage, failure)
+/// The name of a stage command's callback, for the log.
+fn stage_name(code: u8) -> &'static str {
+    match code {
+        cmd::CONNECT => "connect",
+        cmd::HELO => "helo",
+        cmd::MAIL => "envfrom",
+        cmd::RCPT => "envrcpt",
+        cmd::DATA => "data",
+        cmd::HEADER => "header",
+        cmd::EOH => "eoh",
+        cmd::BODY => "body",
+        cmd::UNKNOWN => "unknown",
+        _ => "stage",
     }
+}
 
+impl<M: Milter> Conn<'_, M> {
     /// The span callbacks of the message in progress run in.
     fn message_span(&self) -> Span {
         self.extras
@@ -411,11 +532,16 @@ impl<M: Milter> Conn<'_, M> {
     }
 
     async fn negotiate(&mut self, offer: &OptNeg) -> Result<(), SessionError> {
-        let mut options =
-            match guarded(self.config.callback_timeout, self.milter.negotiate(offer)).await {
-                Ok(o) => o,
-                Err(failure) => return Err(SessionError::NegotiateCallback(failure.to_string())),
-            };
+        let mut options = match run_guarded(
+            self.config.callback_timeout,
+            None,
+            self.milter.negotiate(offer),
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(failure) => return Err(SessionError::NegotiateCallback(failure.to_string())),
+        };
         let wanted = FilterOptions {
             actions: options.actions,
             protocol: wanted_protocol(&options, offer),
@@ -445,21 +571,67 @@ impl<M: Milter> Conn<'_, M> {
         let effect = self.session.on_command(&command)?;
         self.view.macros.on_command(code);
         if effect.aborted && self.message.is_some() {
-            return Ok(Step::Handler(command, effect));
+            self.keep(command);
+            return Ok(Step::Abort(effect));
         }
+        self.dispatch(command, effect)
+    }
+
+    /// Keeps a command something waits for (see [`Step`]).
+    fn keep(&mut self, command: Command) {
+        let extras = self
+            .extras
+            .get_or_insert_with(|| MessageExtras::new(Span::none()));
+        extras.command = Some(command);
+    }
+
+    /// Takes back the command [`Conn::keep`] kept.
+    fn kept(&mut self) -> Option<Command> {
+        self.extras.as_mut().and_then(|x| x.command.take())
+    }
+
+    /// What a command does after the state machine, the macros and any
+    /// abort: starts a message, keeps the client of CONNECT, and says how
+    /// the command goes on.
+    fn dispatch(&mut self, command: Command, effect: CommandEffect) -> Result<Step, SessionError> {
         if effect.message_started {
             self.message = Some(M::Message::default());
         }
         match command {
-            Command::OptNeg(_)
-            | Command::Connect(_)
-            | Command::Quit
-            | Command::QuitNc
-            | Command::EndOfMessage(_) => Ok(Step::Handler(command, effect)),
+            Command::OptNeg(_) | Command::EndOfMessage(_) => {
+                self.keep(command);
+                Ok(Step::Handler)
+            }
+            Command::Connect(mut client) => {
+                // Connection-level data outlives many read buffers: own it.
+                client.detach();
+                self.view.client = Some(client);
+                Ok(Step::Connect(effect.expect))
+            }
+            Command::Quit | Command::QuitNc => Ok(Step::Quit(effect.quit)),
             other => Ok(match self.route(other, effect.expect)? {
-                Some(command) => Step::Callback(command, effect.expect),
+                Some(command) => {
+                    let code = command.code();
+                    self.keep(command);
+                    Step::Callback(code, effect.expect)
+                }
                 None => Step::Done,
             }),
+        }
+    }
+
+    /// Runs the abort callback of the message the kept command ended, then
+    /// goes on with the command.
+    async fn abort_message(&mut self, effect: CommandEffect) -> Result<Step, SessionError> {
+        if let Some(msg) = self.message.take() {
+            let fut = self.milter.abort(&self.view, msg);
+            if let Err(failure) = run_guarded(self.config.callback_timeout, None, fut).await {
+                warn!(conn = self.id, "abort callback {failure}");
+            }
+        }
+        match self.kept() {
+            Some(command) => self.dispatch(command, effect),
+            None => Ok(Step::Done),
         }
     }
 
@@ -498,53 +670,15 @@ impl<M: Milter> Conn<'_, M> {
         }
     }
 
-    /// Handles a command [`Conn::begin`] passed on (with what it meant);
-    /// replies are appended to `self.out`.
+    /// Negotiation and end of message, the command kept; replies are
+    /// appended to `self.out`.
     async fn handle(
         &mut self,
-        command: Command,
-        effect: CommandEffect,
         io: &mut (dyn AsyncWrite + Unpin + Send),
-    ) -> Result<Flow, SessionError> {
-        let limit = self.config.callback_timeout;
-        if effect.aborted
-            && let Some(msg) = self.message.take()
-        {
-            let ctx = self.view.ctx();
-            if let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await {
-                warn!(conn = self.id, "abort callback {failure}");
-            }
-        }
-        if effect.message_started {
-            self.message = Some(M::Message::default());
-        }
-        match command {
-            Command::OptNeg(offer) => self.negotiate(&offer).await?,
-            Command::Connect(mut c) => {
-                // Connection-level data outlives many read buffers: own it.
-                c.detach();
-                self.view.client = Some(c);
-                let ctx = self.view.ctx();
-                let status = match (self.stages.contains(Stages::CONNECT), ctx.client) {
-                    (true, Some(client)) => guarded(limit, self.milter.connect(&ctx, client))
-                        .await
-                        .unwrap_or_else(|f| self.failed("connect", f)),
-                    _ => Status::Continue,
-                };
-                self.answer(cmd::CONNECT, effect.expect, status)?;
-            }
-            Command::Quit | Command::QuitNc => {
-                let ctx = self.view.ctx();
-                if let Err(failure) = guarded(limit, self.milter.close(&ctx)).await {
-                    warn!(conn = self.id, "close callback {failure}");
-                }
-                self.view.client = None;
-                self.message = None;
-                if effect.quit {
-                    return Ok(Flow::Quit);
-                }
-            }
-            Command::EndOfMessage(chunk) => {
+    ) -> Result<(), SessionError> {
+        match self.kept() {
+            Some(Command::OptNeg(offer)) => self.negotiate(&offer).await?,
+            Some(Command::EndOfMessage(chunk)) => {
                 let status = self.end_of_message(chunk, io).await?;
                 let response = self.status_to_response(status, true);
                 if let Some(x) = self.extras.as_mut() {
@@ -556,15 +690,10 @@ impl<M: Milter> Conn<'_, M> {
                 self.reply(&response)?;
                 self.message = None;
             }
-            // A command that ended a message: what remains of it is what
-            // `begin` does for it.
-            other => {
-                if let Some(command) = self.route(other, effect.expect)? {
-                    return self.callback(command, effect.expect).await;
-                }
-            }
+            // `dispatch` sends nothing else here.
+            _ => {}
         }
-        Ok(Flow::Continue)
+        Ok(())
     }
 
     /// Replies to a stage command with the filter's decision, if the MTA
@@ -593,21 +722,70 @@ impl<M: Milter> Conn<'_, M> {
         }
     }
 
-    /// Runs a stage command's callback and answers with its decision.
-    async fn callback(&mut self, command: Command, expect: Expect) -> Result<Flow, SessionError> {
-        let code = command.code();
-        let status = {
-            let ctx = self.view.ctx();
-            match stage_future(&mut self.milter, self.message.as_mut(), &ctx, &command) {
-                Some((stage, fut)) => match guarded(self.config.callback_timeout, fut).await {
-                    Ok(status) => status,
-                    Err(failure) => failed(self.config, self.id, stage, failure),
-                },
-                None => Status::Continue,
+    /// Starts the kept stage command's callback, in the message's span: its
+    /// outcome, or what is left of it (see [`poll_now`]); [`Conn::settle`]
+    /// answers.
+    fn callback_now(&mut self) -> Option<Started<'_, Status>> {
+        let extras = self.extras.as_deref()?;
+        let command = extras.command.as_ref()?;
+        let message = self.message.as_mut();
+        let fut = stage_future(&mut self.milter, message, &self.view, command)?;
+        Some(poll_now(
+            self.config.callback_timeout,
+            Some(&extras.span),
+            fut,
+        ))
+    }
+
+    /// Starts the connect callback, the client already kept.
+    fn connect_now(&mut self) -> Option<Started<'_, Status>> {
+        let client = self.view.client.as_ref()?;
+        if !self.stages.contains(Stages::CONNECT) {
+            return None;
+        }
+        let fut = self.milter.connect(&self.view, client);
+        Some(poll_now(self.config.callback_timeout, None, fut))
+    }
+
+    /// Starts the close callback of QUIT or QUIT_NC.
+    fn close_now(&mut self) -> Option<Started<'_, ()>> {
+        let fut = self.milter.close(&self.view);
+        Some(poll_now(self.config.callback_timeout, None, fut))
+    }
+
+    /// Answers a stage command with its callback's outcome (`None`: no
+    /// callback, continue; a failure gets the failure policy's reply,
+    /// logged in the message's span) and lets go of the command.
+    fn settle(
+        &mut self,
+        code: u8,
+        expect: Expect,
+        outcome: Option<Result<Status, Failure>>,
+    ) -> Result<Flow, SessionError> {
+        let status = match outcome {
+            None => Status::Continue,
+            Some(Ok(status)) => status,
+            Some(Err(failure)) => {
+                let _entered = self.extras.as_ref().map(|x| x.span.enter());
+                failed(self.config, self.id, stage_name(code), failure)
             }
         };
+        if let Some(x) = self.extras.as_mut() {
+            x.command = None;
+        }
         self.answer(code, expect, status)?;
         Ok(Flow::Continue)
+    }
+
+    /// After the close callback of QUIT (`quit`) or QUIT_NC: forgets the
+    /// client.
+    fn closed(&mut self, outcome: Option<Result<(), Failure>>, quit: bool) -> Flow {
+        if let Some(Err(failure)) = outcome {
+            warn!(conn = self.id, "close callback {failure}");
+        }
+        self.view.client = None;
+        self.message = None;
+        if quit { Flow::Quit } else { Flow::Continue }
     }
 
     /// End of message: an optional last body chunk, then the eom callback
@@ -620,10 +798,10 @@ impl<M: Milter> Conn<'_, M> {
         let limit = self.config.callback_timeout;
         let msg = self.message.get_or_insert_with(M::Message::default);
         if !chunk.is_empty() && self.stages.contains(Stages::BODY) {
-            let ctx = self.view.ctx();
             // libmilter would send the body decision and then the EOM one
             // (two replies to one command); a decision here is final instead.
-            match guarded(limit, self.milter.body(&ctx, msg, &chunk)).await {
+            let fut = self.milter.body(&self.view, msg, &chunk);
+            match run_guarded(limit, None, fut).await {
                 Ok(Status::Continue) | Ok(Status::Skip) => {}
                 Ok(status) => return Ok(status),
                 Err(failure) => return Ok(failed(self.config, self.id, "body", failure)),
@@ -633,7 +811,7 @@ impl<M: Milter> Conn<'_, M> {
             .extras
             .get_or_insert_with(|| MessageExtras::new(Span::none()));
         let mut eom = EomContext {
-            ctx: self.view.ctx(),
+            ctx: &self.view,
             out: &mut self.out,
             mods: &mut extras.mods,
             body: &mut extras.body,
@@ -642,7 +820,7 @@ impl<M: Milter> Conn<'_, M> {
             body_replaced: false,
             modifications: 0,
         };
-        let result = guarded(limit, self.milter.eom(&mut eom, msg)).await;
+        let result = run_guarded(limit, None, self.milter.eom(&mut eom, msg)).await;
         Ok(match result {
             Ok(status) => status,
             Err(failure) => {
@@ -658,14 +836,14 @@ impl<M: Milter> Conn<'_, M> {
     /// without QUIT.
     async fn lost(&mut self) {
         let limit = self.config.callback_timeout;
-        let ctx = self.view.ctx();
+        let ctx = &self.view;
         if let Some(msg) = self.message.take()
-            && let Err(failure) = guarded(limit, self.milter.abort(&ctx, msg)).await
+            && let Err(failure) = run_guarded(limit, None, self.milter.abort(ctx, msg)).await
         {
             warn!(conn = self.id, "abort callback {failure}");
         }
         if self.session.is_negotiated()
-            && let Err(failure) = guarded(limit, self.milter.close(&ctx)).await
+            && let Err(failure) = run_guarded(limit, None, self.milter.close(ctx)).await
         {
             warn!(conn = self.id, "close callback {failure}");
         }
@@ -711,11 +889,12 @@ where
             id,
             config,
             session: Session::new(),
-            view: View {
+            view: Context {
                 id,
                 macros: MacroStore::new(),
                 client: None,
                 agreed: initial_agreed(),
+                session: std::marker::PhantomData,
             },
             fake_no_reply: ProtocolFlags::empty(),
             stages: Options::default().stages,
@@ -785,12 +964,13 @@ async fn serve<M: Milter, T: Transport>(
     loop {
         // Every whole frame in the buffer, then one write for all replies.
         loop {
-            // A command that must wait runs as a boxed future: it would
-            // otherwise sit in every idle connection's task. The future is
-            // made inside this block so that neither the command nor the
-            // decoder's result takes room in this future's saved state.
+            // Stage callbacks, CONNECT and QUIT are polled in place, and
+            // only one that waits is boxed (see `poll_now`). The handlers of
+            // negotiation, end of message and aborts run as boxed futures:
+            // they would otherwise sit in every idle connection's task.
             let flow = {
-                let waiting: Option<Handling<'_>> = {
+                // The command is gone before anything is waited for.
+                let mut step = {
                     let Some(command) = next_command(&mut decoder, &mut buf)? else {
                         break;
                     };
@@ -799,21 +979,38 @@ async fn serve<M: Milter, T: Transport>(
                         conn.extras = Some(MessageExtras::new(span));
                     }
                     debug!(conn = conn.id, command = %char::from(command.code()), "received");
-                    match conn.begin(command)? {
-                        Step::Done => None,
-                        Step::Callback(command, expect) => {
-                            let span = conn.message_span();
-                            Some(Box::pin(conn.callback(command, expect).instrument(span)))
-                        }
-                        Step::Handler(command, effect) => {
-                            let span = conn.message_span();
-                            Some(Box::pin(conn.handle(command, effect, io).instrument(span)))
-                        }
-                    }
+                    conn.begin(command)?
                 };
-                match waiting {
-                    Some(handling) => handling.await?,
-                    None => Flow::Continue,
+                loop {
+                    break match step {
+                        Step::Done => Flow::Continue,
+                        Step::Callback(code, expect) => {
+                            let outcome = finish!(conn.callback_now());
+                            conn.settle(code, expect, outcome)?
+                        }
+                        Step::Connect(expect) => {
+                            let outcome = finish!(conn.connect_now());
+                            conn.settle(cmd::CONNECT, expect, outcome)?
+                        }
+                        Step::Quit(quit) => {
+                            let outcome = finish!(conn.close_now());
+                            conn.closed(outcome, quit)
+                        }
+                        Step::Handler => {
+                            let span = conn.message_span();
+                            let handling: Handling<'_, ()> =
+                                Box::pin(conn.handle(io).instrument(span));
+                            handling.await?;
+                            Flow::Continue
+                        }
+                        Step::Abort(effect) => {
+                            let span = conn.message_span();
+                            let aborting: Handling<'_, Step> =
+                                Box::pin(conn.abort_message(effect).instrument(span));
+                            step = aborting.await?;
+                            continue;
+                        }
+                    };
                 }
             };
             if !conn.session.in_message() {

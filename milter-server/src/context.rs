@@ -1,5 +1,6 @@
 //! What callbacks can see and do.
 
+use std::marker::PhantomData;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -26,12 +27,16 @@ pub enum ActionError {
 }
 
 /// Read-only view of the connection for stage callbacks.
-#[derive(Debug, Clone, Copy)]
+///
+/// Callbacks get it by reference from the session, which owns it: the
+/// lifetime ties it to the session that lends it.
+#[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) id: u64,
-    pub(crate) macros: &'a MacroStore,
-    pub(crate) client: Option<&'a Connect>,
-    pub(crate) agreed: &'a Negotiated,
+    pub(crate) macros: MacroStore,
+    pub(crate) client: Option<Connect>,
+    pub(crate) agreed: Negotiated,
+    pub(crate) session: PhantomData<&'a ()>,
 }
 
 /// What a session keeps of the negotiation (not the whole
@@ -45,7 +50,7 @@ pub(crate) struct Negotiated {
     pub(crate) max_data_size: usize,
 }
 
-impl<'a> Context<'a> {
+impl Context<'_> {
     /// This connection's number, as logged by the server.
     pub fn connection_id(&self) -> u64 {
         self.id
@@ -64,8 +69,8 @@ impl<'a> Context<'a> {
     }
 
     /// All macros currently visible.
-    pub fn macros(&self) -> &'a MacroStore {
-        self.macros
+    pub fn macros(&self) -> &MacroStore {
+        &self.macros
     }
 
     /// The queue id (macro `i`), once the MTA has assigned one (Postfix:
@@ -75,13 +80,13 @@ impl<'a> Context<'a> {
     }
 
     /// The SMTP client, once CONNECT was seen.
-    pub fn client(&self) -> Option<&'a Connect> {
-        self.client
+    pub fn client(&self) -> Option<&Connect> {
+        self.client.as_ref()
     }
 
     /// The SMTP client's IP address, if it connected over IP.
     pub fn client_ip(&self) -> Option<IpAddr> {
-        self.client.and_then(Connect::ip)
+        self.client.as_ref().and_then(Connect::ip)
     }
 
     /// The negotiated protocol version.
@@ -105,7 +110,7 @@ impl<'a> Context<'a> {
 /// final reply and in the same write; body replacement chunks go last and
 /// contiguous, as Postfix requires. If the callback fails, none is sent.
 pub struct EomContext<'a> {
-    pub(crate) ctx: Context<'a>,
+    pub(crate) ctx: &'a Context<'a>,
     /// Replies of this turn not yet written (to commands before EOM).
     pub(crate) out: &'a mut BytesMut,
     /// Encoded modifications, sent with the final reply.
@@ -130,7 +135,7 @@ impl std::fmt::Debug for EomContext<'_> {
 impl<'a> std::ops::Deref for EomContext<'a> {
     type Target = Context<'a>;
     fn deref(&self) -> &Context<'a> {
-        &self.ctx
+        self.ctx
     }
 }
 

@@ -40,7 +40,10 @@ pub struct MsgState {
 }
 
 /// A milter whose decisions are driven by the sender address:
-/// `<reject@x>`, `<reply@x>`, `<error@x>`, `<panic@x>`, `<hang@x>` at MAIL;
+/// `<reject@x>`, `<reply@x>`, `<error@x>`, `<panic@x>`, `<hang@x>` at MAIL,
+/// and `<sleep@x>`, `<yield@x>`, `<woken@x>`, which wait before they
+/// reject (a timer, a wake-up during the first poll, another task);
+/// `wait.example` at CONNECT and `HELO wait` wait before they tempfail;
 /// `<tempfail@x>` as a recipient; `<mods@x>`, `<progress@x>`,
 /// `<eomreject@x>`, `<undeclared@x>` at end of message.
 pub struct Scripted {
@@ -85,11 +88,19 @@ impl Milter for Scripted {
             ctx.client_ip(),
             ctx.macro_str("j")
         ));
+        if client.hostname.as_ref() == b"wait.example" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return Ok(Status::Tempfail);
+        }
         Ok(Status::Continue)
     }
 
     async fn helo(&mut self, _: &Context<'_>, name: &Bytes) -> Result<Status, BoxError> {
         self.log.push(format!("helo {}", text(name)));
+        if name.as_ref() == b"wait" {
+            tokio::task::yield_now().await;
+            return Ok(Status::Tempfail);
+        }
         Ok(Status::Continue)
     }
 
@@ -123,6 +134,22 @@ impl Milter for Scripted {
             "<hang@x>" => {
                 std::future::pending::<()>().await;
                 Ok(Status::Continue)
+            }
+            "<sleep@x>" => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(Status::Reject)
+            }
+            "<yield@x>" => {
+                tokio::task::yield_now().await;
+                Ok(Status::Reject)
+            }
+            "<woken@x>" => {
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let _ = tx.send(Status::Reject);
+                });
+                Ok(rx.await?)
             }
             "<accept@x>" => Ok(Status::Accept),
             _ => Ok(Status::Continue),

@@ -497,6 +497,37 @@ async fn callback_error_panic_and_timeout_answer_with_the_policy() {
     server.stop().await;
 }
 
+/// Most callbacks decide on their first poll; these wait first (a timer, a
+/// wake-up during the first poll, another task's message) and their
+/// decision must still arrive, for a stage command, CONNECT and HELO, on a
+/// session that goes on afterwards.
+#[tokio::test]
+async fn callbacks_that_wait_decide_after_the_wait() {
+    let log = Log::default();
+    let l = log.clone();
+    let server = start_unix(move || Scripted::new(&l), Config::default()).await;
+    let mut conn = client().connect(server.spec.as_str()).await.unwrap();
+    assert_eq!(
+        conn.connect(&[], "wait.example", ConnectAddress::Unknown)
+            .await
+            .unwrap(),
+        Reply::Tempfail
+    );
+    assert_eq!(conn.helo(&[], "wait").await.unwrap(), Reply::Tempfail);
+    assert_eq!(conn.helo(&[], "now").await.unwrap(), Reply::Continue);
+    for from in ["<sleep@x>", "<yield@x>", "<woken@x>"] {
+        let out = conn.send_message(&next_message(from)).await.unwrap();
+        assert_eq!(out.verdict, Verdict::Rejected, "{from}");
+        let out = conn.send_message(&next_message("<fine@x>")).await.unwrap();
+        assert_eq!(out.verdict, Verdict::Accepted, "after {from}");
+    }
+    conn.quit().await.unwrap();
+    server.stop().await;
+    let log = log.take();
+    assert!(log.contains(&"helo now".to_string()), "{log:?}");
+    assert!(log.contains(&"close".to_string()), "{log:?}");
+}
+
 #[tokio::test]
 async fn unknown_command_reaches_its_callback() {
     let log = Log::default();
