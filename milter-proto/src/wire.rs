@@ -10,11 +10,11 @@ use std::net::IpAddr;
 use std::slice::Iter;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use nom::bytes::complete::take_till;
+use nom::bytes::complete::take_until;
 use nom::character::complete::char as nom_char;
 use nom::number::complete::{be_u16, be_u32, u8 as nom_u8};
 use nom::sequence::terminated;
-use nom::{IResult, Input, Needed, Parser};
+use nom::{FindSubstring, IResult, Input, Needed, Parser};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::frame_len;
@@ -85,10 +85,19 @@ impl<'a> Input for Unread<'a> {
     }
 }
 
+/// nom's search for a one-byte needle in a byte slice is `memchr`, which
+/// finds a NUL in a header or a macro value several bytes at a time.
+impl FindSubstring<&[u8]> for Unread<'_> {
+    #[inline]
+    fn find_substring(&self, substr: &[u8]) -> Option<usize> {
+        self.0.find_substring(substr)
+    }
+}
+
 /// A NUL-terminated string.
 #[inline]
 fn cstr(input: Unread<'_>) -> IResult<Unread<'_>, Unread<'_>> {
-    terminated(take_till(|b| b == 0), nom_char('\0')).parse(input)
+    terminated(take_until(&b"\0"[..]), nom_char('\0')).parse(input)
 }
 
 /// Walks one payload.
