@@ -29,7 +29,7 @@ use tracing::{Instrument, Span, debug, info_span, warn};
 use crate::config::{Config, FailurePolicy};
 use crate::context::{Context, EomContext, Negotiated};
 use crate::error::SessionError;
-use crate::milter::{BoxError, Milter, Options, Stages, Status};
+use crate::milter::{BoxError, CallbackFuture, Milter, Options, Stages, Status};
 use crate::shutdown::Shutdown;
 
 /// A byte stream a milter session can run on. Implemented for tokio's TCP
@@ -179,10 +179,6 @@ impl std::fmt::Display for Failure {
         }
     }
 }
-
-/// A callback's future, as `async_trait` boxes it.
-type CallbackFuture<'f, T> =
-    std::pin::Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'f>>;
 
 /// Polls a callback once, catching a panic.
 fn poll_callback<T>(

@@ -87,7 +87,7 @@ pub use conn::{Plain, Transport, serve_connection};
 pub use context::{ActionError, Context, EomContext};
 pub use error::{Error, SessionError};
 pub use listener::{Listener, SocketOptions};
-pub use milter::{BoxError, Milter, Options, Stages, Status};
+pub use milter::{BoxError, CallbackFuture, Milter, Options, Stages, Status};
 pub use milter_proto;
 
 /// The workspace README's examples, compiled as doc tests.

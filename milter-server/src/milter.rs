@@ -1,5 +1,10 @@
 //! The [`Milter`] trait: one method per libmilter callback.
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::Poll;
+
 use async_trait::async_trait;
 use bitflags::bitflags;
 use bytes::Bytes;
@@ -10,6 +15,45 @@ use crate::context::{Context, EomContext};
 /// Errors a callback may return. Any error becomes the server's failure
 /// policy reply (tempfail by default) and is logged once.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a callback returns: its future, boxed. An `async fn` of an
+/// `#[async_trait] impl Milter` is turned into a method returning this.
+pub type CallbackFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// The decision of a callback a filter does not implement: continue (or
+/// nothing to report, for `abort` and `close`).
+trait DefaultDecision {
+    fn decision() -> Self;
+}
+
+impl DefaultDecision for Status {
+    fn decision() -> Self {
+        Status::Continue
+    }
+}
+
+impl DefaultDecision for () {
+    fn decision() -> Self {}
+}
+
+/// The future of a callback a filter does not implement: it decides at
+/// once. It takes no room, so boxing it allocates nothing; an `async`
+/// block would hold the callback's arguments, and cost an allocation on
+/// every call of every stage a filter leaves to the default.
+struct Decided<T>(PhantomData<fn() -> T>);
+
+impl<T: DefaultDecision> Future for Decided<T> {
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(T::decision()))
+    }
+}
+
+/// A default callback's future.
+fn decided<'a, T: DefaultDecision + 'a>() -> CallbackFuture<'a, T> {
+    Box::pin(Decided(PhantomData))
+}
 
 /// What a callback decides (libmilter's `sfsistat`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +189,9 @@ impl Options {
 /// factory, with one method per libmilter callback. Every method has a
 /// default that continues, so a filter implements only what it needs — and
 /// should list those stages in [`Options::stages`] so that the MTA does not
-/// send the rest.
+/// send the rest. (A default decides at once and allocates nothing; the
+/// defaults are written out as the methods `#[async_trait]` makes of an
+/// `async fn`, which is why the documentation shows them so.)
 ///
 /// Per-message state lives in [`Milter::Message`]: the server creates it
 /// (`Default`) when a message starts and drops it at end of message, ABORT,
@@ -188,108 +234,213 @@ pub trait Milter: Send {
 
     /// The SMTP client connected.
     #[doc(alias = "xxfi_connect")]
-    async fn connect(&mut self, ctx: &Context<'_>, client: &Connect) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn connect<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        client: &'life3 Connect,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// HELO/EHLO.
     #[doc(alias = "xxfi_helo")]
-    async fn helo(&mut self, ctx: &Context<'_>, name: &Bytes) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn helo<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        name: &'life3 Bytes,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// MAIL FROM: a message starts.
     #[doc(alias = "xxfi_envfrom")]
-    async fn envfrom(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-        from: &Envelope,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn envfrom<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+        from: &'life4 Envelope,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        'life4: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// RCPT TO, once per recipient.
     #[doc(alias = "xxfi_envrcpt")]
-    async fn envrcpt(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-        rcpt: &Envelope,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn envrcpt<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+        rcpt: &'life4 Envelope,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        'life4: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// DATA.
     #[doc(alias = "xxfi_data")]
-    async fn data(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn data<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// One header.
     #[doc(alias = "xxfi_header")]
-    async fn header(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-        header: &Header,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn header<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+        header: &'life4 Header,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        'life4: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// End of headers.
     #[doc(alias = "xxfi_eoh")]
-    async fn eoh(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn eoh<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// A body chunk (CRLF line ends; lines may be split between chunks).
     #[doc(alias = "xxfi_body")]
-    async fn body(
-        &mut self,
-        ctx: &Context<'_>,
-        msg: &mut Self::Message,
-        chunk: &Bytes,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn body<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: &'life3 mut Self::Message,
+        chunk: &'life4 Bytes,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        'life4: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// End of message: the only place where the message can be modified.
     /// Returning [`Status::Continue`] accepts the message.
     #[doc(alias = "xxfi_eom")]
-    async fn eom(
-        &mut self,
-        ctx: &mut EomContext<'_>,
-        msg: &mut Self::Message,
-    ) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn eom<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 mut EomContext<'life2>,
+        msg: &'life3 mut Self::Message,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// The message was aborted (only called inside a message). The message
     /// state is handed over and dropped afterwards.
     #[doc(alias = "xxfi_abort")]
-    async fn abort(&mut self, ctx: &Context<'_>, msg: Self::Message) -> Result<(), BoxError> {
-        Ok(())
+    fn abort<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        msg: Self::Message,
+    ) -> CallbackFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// An SMTP command the MTA did not recognise.
     #[doc(alias = "xxfi_unknown")]
-    async fn unknown(&mut self, ctx: &Context<'_>, line: &Bytes) -> Result<Status, BoxError> {
-        Ok(Status::Continue)
+    fn unknown<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+        line: &'life3 Bytes,
+    ) -> CallbackFuture<'async_trait, Status>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 
     /// The SMTP session ended (QUIT, QUIT_NC, or the connection was lost).
     #[doc(alias = "xxfi_close")]
-    async fn close(&mut self, ctx: &Context<'_>) -> Result<(), BoxError> {
-        Ok(())
+    fn close<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 mut self,
+        ctx: &'life1 Context<'life2>,
+    ) -> CallbackFuture<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        decided()
     }
 }
 
@@ -367,5 +518,26 @@ impl<M: Milter + ?Sized> Milter for Box<M> {
     }
     async fn close(&mut self, ctx: &Context<'_>) -> Result<(), BoxError> {
         (**self).close(ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A callback left to its default must cost no allocation: its future
+    /// takes no room, and it decides on its first poll.
+    #[test]
+    fn default_callbacks_decide_at_once_from_nothing() {
+        assert_eq!(std::mem::size_of::<Decided<Status>>(), 0);
+        assert_eq!(std::mem::size_of::<Decided<()>>(), 0);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut fut = decided::<Status>();
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            Poll::Ready(Ok(Status::Continue))
+        ));
+        let mut fut = decided::<()>();
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
     }
 }
