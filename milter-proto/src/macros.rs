@@ -1,6 +1,6 @@
 //! Per-stage macro storage with libmilter's clearing and lookup rules.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::command::{MacroPairs, Macros, code};
 
@@ -73,16 +73,43 @@ impl MacroStore {
         }
     }
 
-    /// Copies every stored packet into its own allocation, so that the store
-    /// no longer keeps alive the (much larger) read buffers the packets
-    /// arrived in. A server calls this before a connection goes idle.
+    /// Copies the packets stored since the last call out of the (much
+    /// larger) read buffers they arrived in, all into one allocation, so
+    /// that the store no longer keeps those buffers alive. A server calls
+    /// this before a connection goes idle.
     pub fn detach(&mut self) {
-        for (raw, fresh) in self.slots.iter_mut().zip(self.fresh.iter_mut()) {
+        let (mut count, mut total) = (0, 0);
+        for (raw, fresh) in self.slots.iter().zip(&self.fresh) {
             if *fresh && !raw.is_empty() {
-                *raw = Bytes::copy_from_slice(raw);
+                count += 1;
+                total += raw.len();
             }
-            *fresh = false;
         }
+        if count > 1 {
+            let mut all = BytesMut::with_capacity(total);
+            for (raw, fresh) in self.slots.iter().zip(&self.fresh) {
+                if *fresh {
+                    all.extend_from_slice(raw);
+                }
+            }
+            let all = all.freeze();
+            let mut at = 0;
+            for (raw, fresh) in self.slots.iter_mut().zip(&self.fresh) {
+                if *fresh && !raw.is_empty() {
+                    *raw = all.slice(at..at + raw.len());
+                    at += raw.len();
+                }
+            }
+        } else if count == 1
+            && let Some(raw) = self
+                .slots
+                .iter_mut()
+                .zip(&self.fresh)
+                .find_map(|(raw, fresh)| (*fresh && !raw.is_empty()).then_some(raw))
+        {
+            *raw = Bytes::copy_from_slice(raw);
+        }
+        self.fresh = [false; SLOTS];
     }
 
     /// Removes everything.

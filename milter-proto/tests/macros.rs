@@ -223,3 +223,39 @@ fn iter_lists_latest_stage_first_and_clear_empties() {
     store.clear();
     assert_eq!(store.iter().count(), 0);
 }
+
+/// `detach` copies what arrived since the last call out of the packets'
+/// buffers (several stages into one allocation) and leaves the rest alone.
+#[test]
+fn detach_copies_fresh_packets_out_of_their_buffers() {
+    let within = |v: &Bytes, buf: &Bytes| buf.as_ptr_range().contains(&v.as_ptr());
+    let c = packet(b'C', &[("j", "mx.example")]);
+    let c_buf = c.raw().clone();
+    let mut store = MacroStore::new();
+    store.set(c);
+    assert!(within(&store.get("j").unwrap(), &c_buf));
+    store.detach();
+    let j = store.get("j").unwrap();
+    assert_eq!(&j[..], b"mx.example");
+    assert!(!within(&j, &c_buf));
+
+    let m = packet(b'M', &[("i", "Q1")]);
+    let r = packet(b'R', &[("{rcpt_addr}", "b@x")]);
+    let (m_buf, r_buf) = (m.raw().clone(), r.raw().clone());
+    store.set(m);
+    store.set(r);
+    store.detach();
+    let (i, rcpt) = (store.get("i").unwrap(), store.get("{rcpt_addr}").unwrap());
+    assert_eq!((&i[..], &rcpt[..]), (&b"Q1"[..], &b"b@x"[..]));
+    assert!(!within(&i, &m_buf) && !within(&rcpt, &r_buf));
+    // One allocation for both: R's pairs follow M's (`i\0Q1\0`).
+    assert_eq!(
+        rcpt.as_ptr(),
+        i.as_ptr().wrapping_add(3 + "{rcpt_addr}\0".len())
+    );
+    // The packet detached before stays where it is.
+    assert_eq!(store.get("j").unwrap().as_ptr(), j.as_ptr());
+    // Nothing fresh: nothing moves.
+    store.detach();
+    assert_eq!(store.get("i").unwrap().as_ptr(), i.as_ptr());
+}
