@@ -26,6 +26,7 @@ use milter_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, Span, debug, info_span, warn};
 
+use crate::bufpool;
 use crate::config::{Config, FailurePolicy};
 use crate::context::{Context, EomContext, Negotiated};
 use crate::error::SessionError;
@@ -520,6 +521,9 @@ impl<M: Milter> Conn<'_, M> {
 
     fn reply(&mut self, response: &Response) -> Result<(), SessionError> {
         let effect = self.session.on_response(response)?;
+        if self.out.capacity() == 0 {
+            self.out = bufpool::take();
+        }
         response.encode(&mut self.out, self.view.agreed.max_data_size)?;
         if effect.message_ended {
             self.message = None;
@@ -1030,13 +1034,13 @@ async fn serve<M: Milter, T: Transport>(
         if between_messages {
             // Between messages a connection keeps no buffer: not the read
             // buffer (the macros it still needs are copied out of it
-            // first), nor the reply buffer.
+            // first), nor the reply buffer. They go back to the pool.
             if buf.is_empty() {
                 conn.view.macros.detach();
-                buf = BytesMut::new();
+                bufpool::give(std::mem::take(&mut buf));
             }
-            if conn.out.is_empty() && conn.out.capacity() > 0 {
-                conn.out = BytesMut::new();
+            if conn.out.is_empty() {
+                bufpool::give(std::mem::take(&mut conn.out));
             }
         } else if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
             buf = BytesMut::new();
@@ -1050,6 +1054,9 @@ async fn serve<M: Milter, T: Transport>(
             } else {
                 READ_RESERVE
             };
+            if buf.capacity() == 0 {
+                buf = bufpool::take();
+            }
             if buf.capacity() - buf.len() < reserve / 2 {
                 buf.reserve(reserve);
             }

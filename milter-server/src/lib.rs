@@ -70,6 +70,7 @@
 //!   the server) instead of ending the session.
 #![forbid(unsafe_code)]
 
+mod bufpool;
 mod chain;
 mod config;
 mod conn;
