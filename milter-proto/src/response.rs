@@ -323,23 +323,6 @@ impl Response {
     /// Appends this response as a frame to `dst`; fails, leaving `dst` as it
     /// was, if a field cannot be encoded or the payload exceeds `max_payload`.
     pub fn encode(&self, dst: &mut BytesMut, max_payload: usize) -> Result<(), EncodeError> {
-        match self {
-            // Most replies are one of these: a length of 1 and the code, in
-            // one copy.
-            Response::Continue
-            | Response::Accept
-            | Response::Reject
-            | Response::Tempfail
-            | Response::Discard
-            | Response::Skip
-            | Response::Progress
-            | Response::ConnectionFail
-            | Response::Shutdown => {
-                dst.extend_from_slice(&[0, 0, 0, 1, self.code()]);
-                return Ok(());
-            }
-            _ => {}
-        }
         let mut w = Writer::new(dst, self.code());
         match self {
             Response::OptNeg(o) => {

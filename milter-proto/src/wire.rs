@@ -259,8 +259,8 @@ pub(crate) struct Writer<'a> {
 impl<'a> Writer<'a> {
     pub(crate) fn new(dst: &'a mut BytesMut, code: u8) -> Self {
         let start = dst.len();
-        dst.put_u32(0);
-        dst.put_u8(code);
+        // The length (patched by `finish`) and the code, in one copy.
+        dst.extend_from_slice(&[0, 0, 0, 0, code]);
         Self {
             dst,
             start,
