@@ -201,21 +201,6 @@ fn poll_callback<T>(
     }
 }
 
-/// A callback with the configured timeout, catching panics, polled in
-/// `span` if one is given.
-fn guarded<'f, T>(
-    limit: Duration,
-    span: Option<&'f Span>,
-    fut: CallbackFuture<'f, T>,
-) -> Guarded<'f, T> {
-    Guarded {
-        fut,
-        span,
-        limit,
-        timer: None,
-    }
-}
-
 /// What is left of a callback that did not finish on its first poll.
 type Rest<'f, T> = std::pin::Pin<Box<Guarded<'f, T>>>;
 
@@ -272,7 +257,12 @@ fn poll_now<'f, T>(
     span: Option<&'f Span>,
     fut: CallbackFuture<'f, T>,
 ) -> Started<'f, T> {
-    let mut guarded = guarded(limit, span, fut);
+    let mut guarded = Guarded {
+        fut,
+        span,
+        limit,
+        timer: None,
+    };
     let mut cx = TaskContext::from_waker(std::task::Waker::noop());
     match guarded.poll_first(&mut cx) {
         Poll::Ready(outcome) => Started::Done(outcome),
@@ -292,7 +282,8 @@ async fn run_guarded<T>(
     }
 }
 
-/// The future of [`guarded`].
+/// A callback with the configured timeout, catching panics, polled in
+/// `span` if one is given.
 struct Guarded<'f, T> {
     fut: CallbackFuture<'f, T>,
     span: Option<&'f Span>,
