@@ -80,6 +80,7 @@ mod listener;
 mod milter;
 mod server;
 mod shutdown;
+mod unix;
 
 pub use async_trait::async_trait;
 pub use chain::{Chain, ChainMessage};

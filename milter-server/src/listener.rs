@@ -6,9 +6,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use milter_proto::SocketSpec;
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::error::Error;
+use crate::unix::{self, UnixConn};
 
 /// How a listening socket is set up.
 #[derive(Debug, Clone)]
@@ -67,8 +69,11 @@ impl SocketOptions {
 pub enum Listener {
     /// A unix socket, removed again at shutdown.
     Unix {
-        /// The socket.
-        listener: UnixListener,
+        /// The socket, registered with the runtime for read readiness.
+        /// Connections accepted from it are registered for read readiness
+        /// only until a write would block: on a unix socket, write
+        /// readiness is signalled every time the MTA reads a reply.
+        listener: AsyncFd<std::os::unix::net::UnixListener>,
         /// Its path.
         path: PathBuf,
         /// Device and inode, to remove only our own socket.
@@ -81,7 +86,7 @@ pub enum Listener {
 /// An accepted connection.
 #[derive(Debug)]
 pub(crate) enum Accepted {
-    Unix(UnixStream),
+    Unix(UnixConn),
     Tcp(TcpStream, SocketAddr),
 }
 
@@ -157,10 +162,7 @@ impl Listener {
 
     pub(crate) async fn accept(&self) -> io::Result<Accepted> {
         match self {
-            Listener::Unix { listener, .. } => {
-                let (stream, _) = listener.accept().await?;
-                Ok(Accepted::Unix(stream))
-            }
+            Listener::Unix { listener, .. } => Ok(Accepted::Unix(unix::accept(listener).await?)),
             Listener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 Ok(Accepted::Tcp(stream, peer))
@@ -216,7 +218,10 @@ fn bind_unix(path: &Path, options: &SocketOptions) -> Result<Listener, BindUnix>
     socket.bind(&socket2::SockAddr::unix(path)?)?;
     socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))?;
+    let listener = unix::register(
+        std::os::unix::net::UnixListener::from(socket),
+        tokio::io::Interest::READABLE,
+    )?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.mode))?;
     let uid = options
         .owner

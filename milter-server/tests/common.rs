@@ -45,7 +45,8 @@ pub struct MsgState {
 /// reject (a timer, a wake-up during the first poll, another task);
 /// `wait.example` at CONNECT and `HELO wait` wait before they tempfail;
 /// `<tempfail@x>` as a recipient; `<mods@x>`, `<progress@x>`,
-/// `<eomreject@x>`, `<undeclared@x>` at end of message.
+/// `<eomreject@x>`, `<undeclared@x>`, `<bigbody@x>` (a 4 MiB
+/// replacement body, [`big_body`]) at end of message.
 pub struct Scripted {
     pub log: Log,
     pub options: Options,
@@ -66,6 +67,11 @@ impl Scripted {
             options,
         }
     }
+}
+
+/// `len` bytes of a pattern that a lost or repeated chunk would break.
+pub fn big_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 251 % 26) as u8).collect()
 }
 
 fn text(b: &[u8]) -> String {
@@ -233,6 +239,10 @@ impl Milter for Scripted {
                 ctx.delete_rcpt("<gone@x>")?;
                 ctx.replace_body(&vec![b'z'; 70_000])?;
                 ctx.quarantine("held for review")?;
+                Ok(Status::Continue)
+            }
+            "<bigbody@x>" => {
+                ctx.replace_body(&big_body(4 << 20))?;
                 Ok(Status::Continue)
             }
             "<progress@x>" => {

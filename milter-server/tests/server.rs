@@ -145,6 +145,40 @@ async fn every_modification_reaches_the_mta() {
     server.stop().await;
 }
 
+/// A unix connection waits for read readiness only, until a write would
+/// block: a body of 1 MiB in, a replacement body of 4 MiB out (more than
+/// a socket buffer holds), then another message on the same connection.
+#[tokio::test]
+async fn large_transfers_both_ways_over_a_unix_socket() {
+    let log = Log::default();
+    let l = log.clone();
+    let server = start_unix(move || Scripted::new(&l), Config::default()).await;
+    let mut conn = client().connect(server.spec.as_str()).await.unwrap();
+    let msg = message("<bigbody@x>").body(common::big_body(1 << 20));
+    let out = conn.send_message(&msg).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Accepted);
+    let mut body = Vec::new();
+    for m in &out.modifications {
+        match m {
+            Modification::ReplaceBody(chunk) => body.extend_from_slice(chunk),
+            other => panic!("unexpected modification {other:?}"),
+        }
+    }
+    assert_eq!(body.len(), 4 << 20);
+    assert!(
+        body == common::big_body(4 << 20),
+        "the replacement body differs"
+    );
+    let out = conn.send_message(&next_message("<mods@x>")).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Accepted);
+    assert_eq!(out.modifications.len(), 10);
+    let seen = log.take();
+    let eoms: Vec<&String> = seen.iter().filter(|l| l.starts_with("eom ")).collect();
+    assert_eq!(eoms.len(), 2, "{seen:?}");
+    assert!(eoms[0].contains("body=1048576"), "{}", eoms[0]);
+    server.stop().await;
+}
+
 fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
