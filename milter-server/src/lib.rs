@@ -43,7 +43,8 @@
 //! * **Replies**: exactly one per reply-bearing command, none for MACRO,
 //!   ABORT, QUIT and no-reply stages; all packets of a turn leave in one
 //!   write (no Nagle stall); `TCP_NODELAY` and re-armed `TCP_QUICKACK` on
-//!   TCP (no delayed-ACK stall).
+//!   TCP (no delayed-ACK stall). Unix connections wait for read readiness
+//!   only, so the MTA reading a reply does not wake the server.
 //! * **Message state**: [`Milter::Message`] is created when a message starts
 //!   and dropped at its end, at ABORT, QUIT_NC, or when a decision ends it.
 //! * **Failures**: a callback that returns `Err`, panics, or runs past
