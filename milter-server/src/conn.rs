@@ -34,8 +34,9 @@ use crate::milter::{BoxError, CallbackFuture, Milter, Options, Stages, Status};
 use crate::shutdown::Shutdown;
 
 /// A byte stream a milter session can run on. Implemented for tokio's TCP
-/// and unix streams and for in-memory duplex pipes; wrap anything else in
-/// [`Plain`].
+/// and unix streams, for [`crate::UnixConnection`] (a unix stream that
+/// the MTA's reads of replies do not wake; prefer it to tokio's) and for
+/// in-memory duplex pipes; wrap anything else in [`Plain`].
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
     /// Called after a read whose packets needed no reply (a reply would
     /// carry the ACK). On TCP this re-arms `TCP_QUICKACK`, so an MTA that

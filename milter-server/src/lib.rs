@@ -92,6 +92,7 @@ pub use error::{Error, SessionError};
 pub use listener::{Listener, SocketOptions};
 pub use milter::{BoxError, CallbackFuture, Milter, Options, Stages, Status};
 pub use milter_proto;
+pub use unix::UnixConnection;
 
 /// The workspace README's examples, compiled as doc tests.
 #[doc = include_str!("../../README.md")]

@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::error::Error;
-use crate::unix::{self, UnixConn};
+use crate::unix::{self, UnixConnection};
 
 /// How a listening socket is set up.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub enum Listener {
 /// An accepted connection.
 #[derive(Debug)]
 pub(crate) enum Accepted {
-    Unix(UnixConn),
+    Unix(UnixConnection),
     Tcp(TcpStream, SocketAddr),
 }
 

@@ -53,11 +53,11 @@ where
 }
 
 /// Accepts one connection from a listener registered with the runtime.
-pub(crate) async fn accept(listener: &AsyncFd<UnixListener>) -> io::Result<UnixConn> {
+pub(crate) async fn accept(listener: &AsyncFd<UnixListener>) -> io::Result<UnixConnection> {
     let stream = listener
         .async_io(Interest::READABLE, accept_nonblocking)
         .await?;
-    UnixConn::new(stream)
+    UnixConnection::registered(stream)
 }
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -75,19 +75,48 @@ fn accept_nonblocking(listener: &UnixListener) -> io::Result<UnixStream> {
     Ok(stream)
 }
 
-/// An accepted unix connection, registered for read readiness until a
-/// write would block.
+/// A unix socket connection that waits for read readiness only, until a
+/// write would block: the [`Transport`] [`crate::Server`] uses for unix
+/// sockets, for people who own their accept loop.
+///
+/// With tokio's `UnixStream` every reply the MTA reads wakes the server
+/// once more (write readiness); under Postfix that is most of a message's
+/// extra wake-ups.
+///
+/// ```no_run
+/// # use milter_server::{Config, Milter, UnixConnection, async_trait, serve_connection};
+/// # struct AcceptAll;
+/// # #[async_trait]
+/// # impl Milter for AcceptAll { type Message = (); }
+/// # async fn run(listener: std::os::unix::net::UnixListener) -> std::io::Result<()> {
+/// let (stream, _) = listener.accept()?;
+/// let conn = UnixConnection::new(stream)?;
+/// tokio::spawn(async move { serve_connection(conn, AcceptAll, &Config::default()).await });
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
-pub(crate) struct UnixConn {
+pub struct UnixConnection {
     /// `None` only if registering for write readiness failed.
     io: Option<AsyncFd<UnixStream>>,
     /// Registered for write readiness as well.
     writable: bool,
 }
 
-impl UnixConn {
-    /// Registers a non-blocking stream for read readiness.
-    pub(crate) fn new(stream: UnixStream) -> io::Result<Self> {
+impl UnixConnection {
+    /// Makes `stream` non-blocking and registers it with the current
+    /// tokio runtime for read readiness.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O enabled, as tokio's own streams.
+    pub fn new(stream: UnixStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Self::registered(stream)
+    }
+
+    /// Registers a stream that is already non-blocking.
+    fn registered(stream: UnixStream) -> io::Result<Self> {
         Ok(Self {
             io: Some(register(stream, Interest::READABLE)?),
             writable: false,
@@ -115,7 +144,7 @@ impl UnixConn {
     }
 }
 
-impl AsyncRead for UnixConn {
+impl AsyncRead for UnixConnection {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -153,7 +182,7 @@ impl AsyncRead for UnixConn {
     }
 }
 
-impl AsyncWrite for UnixConn {
+impl AsyncWrite for UnixConnection {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -184,7 +213,7 @@ impl AsyncWrite for UnixConn {
     }
 }
 
-impl Transport for UnixConn {
+impl Transport for UnixConnection {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let io = self.io()?;
         io.poll_read_ready(cx).map_ok(drop)

@@ -154,6 +154,19 @@ async fn large_transfers_both_ways_over_a_unix_socket() {
     let l = log.clone();
     let server = start_unix(move || Scripted::new(&l), Config::default()).await;
     let mut conn = client().connect(server.spec.as_str()).await.unwrap();
+    send_big_body(&mut conn).await;
+    let out = conn.send_message(&next_message("<mods@x>")).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Accepted);
+    assert_eq!(out.modifications.len(), 10);
+    let seen = log.take();
+    let eoms: Vec<&String> = seen.iter().filter(|l| l.starts_with("eom ")).collect();
+    assert_eq!(eoms.len(), 2, "{seen:?}");
+    assert!(eoms[0].contains("body=1048576"), "{}", eoms[0]);
+    server.stop().await;
+}
+
+/// Sends 1 MiB of body for a 4 MiB replacement body, and checks it.
+async fn send_big_body(conn: &mut milter_client::Connection) {
     let msg = message("<bigbody@x>").body(common::big_body(1 << 20));
     let out = conn.send_message(&msg).await.unwrap();
     assert_eq!(out.verdict, Verdict::Accepted);
@@ -169,14 +182,29 @@ async fn large_transfers_both_ways_over_a_unix_socket() {
         body == common::big_body(4 << 20),
         "the replacement body differs"
     );
-    let out = conn.send_message(&next_message("<mods@x>")).await.unwrap();
-    assert_eq!(out.verdict, Verdict::Accepted);
-    assert_eq!(out.modifications.len(), 10);
-    let seen = log.take();
-    let eoms: Vec<&String> = seen.iter().filter(|l| l.starts_with("eom ")).collect();
-    assert_eq!(eoms.len(), 2, "{seen:?}");
-    assert!(eoms[0].contains("body=1048576"), "{}", eoms[0]);
-    server.stop().await;
+}
+
+/// An accept loop of one's own: a `UnixConnection` made from a blocking
+/// std stream serves a session to its QUIT.
+#[tokio::test]
+async fn serve_connection_on_a_unix_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let log = Log::default();
+    let filter = Scripted::new(&log);
+    let session = tokio::spawn(async move {
+        let accepting = tokio::task::spawn_blocking(move || listener.accept());
+        let (stream, _) = accepting.await.unwrap().unwrap();
+        let io = milter_server::UnixConnection::new(stream).unwrap();
+        milter_server::serve_connection(io, filter, &Config::default()).await
+    });
+    let spec = format!("unix:{}", path.display());
+    let mut conn = client().connect(spec.as_str()).await.unwrap();
+    send_big_body(&mut conn).await;
+    conn.quit().await.unwrap();
+    session.await.unwrap().unwrap();
+    assert!(log.take().iter().any(|l| l == "close"), "no close callback");
 }
 
 fn s(b: &[u8]) -> String {
