@@ -687,6 +687,43 @@ async fn malformed_input_closes_only_that_session() {
     server.stop().await;
 }
 
+/// An MTA that stops reading: the end-of-message reply (a 4 MiB body
+/// replacement) fills the socket, the session is closed at the write
+/// timeout, and a session beside it is served throughout.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_at_the_write_timeout() {
+    let log = Log::default();
+    let l = log.clone();
+    let config = Config::default().write_timeout(Duration::from_millis(300));
+    let server = start_unix(move || Scripted::new(&l), config).await;
+    let mut good = connected(&server.spec).await;
+    let mut stuck = connected(&server.spec).await;
+    stuck.mail(&[], "<bigbody@x>", &[]).await.unwrap();
+    stuck.rcpt(&[], "<bob@example.net>", &[]).await.unwrap();
+    stuck.body(&[], "hello\r\n").await.unwrap();
+    // End of message, and no more reading for a while.
+    stuck.send_raw(&[0, 0, 0, 1, b'E']).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = good.send_message(&next_message("<a@x>")).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Accepted);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // What the socket held arrives, then the end of the connection.
+    let mut body = 0;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stuck.read_frame()).await {
+            Ok(Ok(frame)) => body += frame.payload.len(),
+            Ok(Err(ClientError::Closed | ClientError::Io(_))) => break true,
+            other => panic!("expected frames, then the end of the session: {other:?}"),
+        }
+    };
+    assert!(closed);
+    assert!(body < 4 << 20, "the whole body arrived ({body} bytes)");
+    let out = good.send_message(&next_message("<b@x>")).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Accepted);
+    good.quit().await.unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_thousand_concurrent_sessions() {
     let log = Log::default();
