@@ -36,11 +36,11 @@ WORK=${BENCH_PF_WORK:-/tmp/milter-bench-postfix}
 export PF_BASE=/tmp/harness/postfix-bench
 export PF_PORT=${BENCH_PF_PORT:-2545}
 ROUNDS=${ROUNDS:-2}
+if [ "${1:-}" = --quick ]; then
+  ROUNDS=1; RUNS=${RUNS:-2}; M=${M:-1000}
+fi
 RUNS=${RUNS:-3}
 export M=${M:-2000}
-if [ "${1:-}" = --quick ]; then
-  ROUNDS=1; RUNS=2; M=1000
-fi
 TICK=$(getconf CLK_TCK)
 
 die() { echo "bench-postfix: $*" >&2; exit 2; }
