@@ -14,7 +14,7 @@ use milter_proto::{
     SocketSpec, SpecError, check_reply,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::config::ClientConfig;
@@ -90,8 +90,14 @@ impl Client {
         &self.config
     }
 
-    /// Opens the socket (TCP sockets get `TCP_NODELAY`) and negotiates.
-    /// `inet` specs without a host connect to the loopback address.
+    /// Opens the socket and negotiates. `inet` specs without a host
+    /// connect to the loopback address.
+    ///
+    /// TCP sockets get `TCP_NODELAY`. Unix sockets are a
+    /// [`milter_io::UnixConnection`]: the filter reading a command does not
+    /// wake the client while it waits for the reply, as it would with
+    /// tokio's `UnixStream`; a full listen queue is waited out within
+    /// [`ClientConfig::connect_timeout`].
     pub async fn connect(&self, spec: impl ToSocketSpec) -> Result<Connection, ClientError> {
         let spec = spec.to_socket_spec()?;
         let timeout = self.config.connect_timeout;
@@ -101,7 +107,7 @@ impl Client {
         };
         let io: Box<dyn Stream> = match &spec {
             SocketSpec::Unix(path) => {
-                let s = tokio::time::timeout(timeout, UnixStream::connect(path))
+                let s = tokio::time::timeout(timeout, milter_io::UnixConnection::connect(path))
                     .await
                     .map_err(timed_out)??;
                 Box::new(s)

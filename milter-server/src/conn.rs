@@ -72,6 +72,12 @@ impl Transport for tokio::net::UnixStream {
     }
 }
 
+impl Transport for milter_io::UnixConnection {
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        milter_io::UnixConnection::poll_read_ready(self, cx)
+    }
+}
+
 impl Transport for tokio::io::DuplexStream {}
 
 /// Adapts any `AsyncRead + AsyncWrite` stream as a [`Transport`].
@@ -116,6 +122,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for Plain<T> {}
 /// connection fails, or the peer breaks the protocol (the error says why).
 ///
 /// For people who own their accept loop; [`crate::Server`] does the rest.
+/// On a unix socket, wrap each accepted stream in a
+/// [`crate::UnixConnection`]:
+///
+/// ```no_run
+/// # use milter_server::{Config, Milter, UnixConnection, async_trait, serve_connection};
+/// # struct AcceptAll;
+/// # #[async_trait]
+/// # impl Milter for AcceptAll { type Message = (); }
+/// # async fn run(listener: std::os::unix::net::UnixListener) -> std::io::Result<()> {
+/// let (stream, _) = listener.accept()?;
+/// let conn = UnixConnection::new(stream)?;
+/// tokio::spawn(async move { serve_connection(conn, AcceptAll, &Config::default()).await });
+/// # Ok(())
+/// # }
+/// ```
 pub async fn serve_connection<M: Milter, T: Transport>(
     io: T,
     milter: M,

@@ -81,7 +81,6 @@ mod listener;
 mod milter;
 mod server;
 mod shutdown;
-mod unix;
 
 pub use async_trait::async_trait;
 pub use chain::{Chain, ChainMessage};
@@ -91,8 +90,8 @@ pub use context::{ActionError, Context, EomContext};
 pub use error::{Error, SessionError};
 pub use listener::{Listener, SocketOptions};
 pub use milter::{BoxError, CallbackFuture, Milter, Options, Stages, Status};
+pub use milter_io::UnixConnection;
 pub use milter_proto;
-pub use unix::UnixConnection;
 
 /// The workspace README's examples, compiled as doc tests.
 #[doc = include_str!("../../README.md")]

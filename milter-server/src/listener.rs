@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use milter_io::UnixConnection;
 use milter_proto::SocketSpec;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::error::Error;
-use crate::unix::{self, UnixConnection};
 
 /// How a listening socket is set up.
 #[derive(Debug, Clone)]
@@ -162,7 +162,9 @@ impl Listener {
 
     pub(crate) async fn accept(&self) -> io::Result<Accepted> {
         match self {
-            Listener::Unix { listener, .. } => Ok(Accepted::Unix(unix::accept(listener).await?)),
+            Listener::Unix { listener, .. } => {
+                Ok(Accepted::Unix(milter_io::accept(listener).await?))
+            }
             Listener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 Ok(Accepted::Tcp(stream, peer))
@@ -217,11 +219,7 @@ fn bind_unix(path: &Path, options: &SocketOptions) -> Result<Listener, BindUnix>
     let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
     socket.bind(&socket2::SockAddr::unix(path)?)?;
     socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
-    socket.set_nonblocking(true)?;
-    let listener = unix::register(
-        std::os::unix::net::UnixListener::from(socket),
-        tokio::io::Interest::READABLE,
-    )?;
+    let listener = milter_io::register_listener(socket.into())?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.mode))?;
     let uid = options
         .owner

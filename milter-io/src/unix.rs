@@ -1,35 +1,22 @@
-//! Unix socket connections registered for read readiness only.
-//!
-//! tokio's `UnixStream` registers every socket for read *and* write
-//! readiness. On a unix socket the kernel signals write readiness each time
-//! the peer reads what we wrote, so every reply the MTA reads wakes the
-//! server once more. Under a real MTA, which does other work between a
-//! reply and its next command, that is an extra wake-up and context switch
-//! per round trip (Postfix: 20.5 voluntary context switches per message
-//! against 12.3 for a server that waits for reads only). A milter writes a
-//! few hundred bytes per turn into a socket buffer that is all but empty,
-//! so it writes first and asks for write readiness only when a write would
-//! block; from then on the connection is registered for both.
-//!
-//! TCP needs none of this: there the kernel signals write readiness only
-//! after a write found the send buffer full.
+//! [`UnixConnection`], and accepting from a listener registered for read
+//! readiness.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-
-use crate::conn::Transport;
 
 /// The most one read asks for.
 const SCRATCH: usize = 64 * 1024;
 
 thread_local! {
-    /// Where reads land before they are copied to the session's buffer.
+    /// Where reads land before they are copied to the caller's buffer.
     /// Safe code cannot read into the uninitialised spare room of that
     /// buffer, and zeroing it before every read would cost more than
     /// copying what arrived (a few hundred bytes per packet, typically).
@@ -45,15 +32,28 @@ thread_local! {
 /// converts into an `OwnedFd` owns its descriptor for its whole life, and
 /// the `AsyncFd` owns it, so the condition holds without `unsafe`.
 #[allow(deprecated)]
-pub(crate) fn register<T>(socket: T, interest: Interest) -> io::Result<AsyncFd<T>>
+fn register<T>(socket: T, interest: Interest) -> io::Result<AsyncFd<T>>
 where
     T: AsRawFd + Into<OwnedFd>,
 {
     AsyncFd::with_interest(socket, interest)
 }
 
-/// Accepts one connection from a listener registered with the runtime.
-pub(crate) async fn accept(listener: &AsyncFd<UnixListener>) -> io::Result<UnixConnection> {
+/// Makes `listener` non-blocking and registers it with the current tokio
+/// runtime, for [`accept`].
+///
+/// # Panics
+///
+/// Outside a tokio runtime with I/O enabled, as tokio's own listeners.
+pub fn register_listener(listener: UnixListener) -> io::Result<AsyncFd<UnixListener>> {
+    listener.set_nonblocking(true)?;
+    register(listener, Interest::READABLE)
+}
+
+/// Accepts one connection from a listener made by [`register_listener`].
+/// The connection is non-blocking and close-on-exec from the start (one
+/// `accept4` call on Linux and FreeBSD).
+pub async fn accept(listener: &AsyncFd<UnixListener>) -> io::Result<UnixConnection> {
     let stream = listener
         .async_io(Interest::READABLE, accept_nonblocking)
         .await?;
@@ -76,25 +76,10 @@ fn accept_nonblocking(listener: &UnixListener) -> io::Result<UnixStream> {
 }
 
 /// A unix socket connection that waits for read readiness only, until a
-/// write would block: the [`Transport`] [`crate::Server`] uses for unix
-/// sockets, for people who own their accept loop.
+/// write would block (see the [crate documentation](crate)).
 ///
-/// With tokio's `UnixStream` every reply the MTA reads wakes the server
-/// once more (write readiness); under Postfix that is most of a message's
-/// extra wake-ups.
-///
-/// ```no_run
-/// # use milter_server::{Config, Milter, UnixConnection, async_trait, serve_connection};
-/// # struct AcceptAll;
-/// # #[async_trait]
-/// # impl Milter for AcceptAll { type Message = (); }
-/// # async fn run(listener: std::os::unix::net::UnixListener) -> std::io::Result<()> {
-/// let (stream, _) = listener.accept()?;
-/// let conn = UnixConnection::new(stream)?;
-/// tokio::spawn(async move { serve_connection(conn, AcceptAll, &Config::default()).await });
-/// # Ok(())
-/// # }
-/// ```
+/// Reads and writes go through `AsyncRead` and `AsyncWrite`; flushing is a
+/// no-op (nothing is buffered) and shutting down shuts the write half.
 #[derive(Debug)]
 pub struct UnixConnection {
     /// `None` only if registering for write readiness failed.
@@ -113,6 +98,38 @@ impl UnixConnection {
     pub fn new(stream: UnixStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         Self::registered(stream)
+    }
+
+    /// Connects to the unix socket at `path`.
+    ///
+    /// A listener whose queue of unaccepted connections is full refuses a
+    /// non-blocking connect for the moment (`EAGAIN`) where a blocking
+    /// connect would wait; this waits too, retrying after 1 ms and then
+    /// after intervals doubling up to 50 ms. Bound it with a timeout.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O and time enabled.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<Self> {
+        let address = socket2::SockAddr::unix(path)?;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let socket = nonblocking_socket()?;
+            match socket.connect(&address) {
+                Ok(()) => return Self::registered(socket.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the connection is readable, without reading: a caller
+    /// can then hold no read buffer while the peer is silent.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_read_ready(cx).map_ok(drop)
     }
 
     /// Registers a stream that is already non-blocking.
@@ -213,9 +230,19 @@ impl AsyncWrite for UnixConnection {
     }
 }
 
-impl Transport for UnixConnection {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let io = self.io()?;
-        io.poll_read_ready(cx).map_ok(drop)
-    }
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn nonblocking_socket() -> io::Result<socket2::Socket> {
+    // One system call for the socket and both of its flags.
+    socket2::Socket::new(
+        socket2::Domain::UNIX,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn nonblocking_socket() -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
