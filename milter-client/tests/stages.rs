@@ -1117,3 +1117,47 @@ async fn raw_escape_hatches_see_the_filter_close() {
     drop(conn);
     assert_eq!(codes(&fake.log().await), ["O", "T", "N", "Q"]);
 }
+
+/// A filter whose listen queue stays full: a non-blocking unix connect is
+/// refused with EAGAIN there, which `connect` waits out, within the connect
+/// timeout, instead of failing at once.
+#[tokio::test]
+async fn a_full_listen_queue_is_waited_out_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.sock");
+    let listener =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&socket2::SockAddr::unix(&path).unwrap())
+        .unwrap();
+    listener.listen(1).unwrap();
+    let address = socket2::SockAddr::unix(&path).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&address) {
+            Ok(()) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("unexpected connect error: {e}"),
+        }
+        assert!(queued.len() < 1000, "the listen queue never filled");
+    }
+
+    let config = ClientConfig::default().with_connect_timeout(Duration::from_millis(200));
+    let spec = format!("unix:{}", path.display());
+    let e = bounded(Client::new(config).connect(spec.as_str()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Timeout {
+                stage: Stage::SocketConnect,
+                timeout,
+            } if timeout == Duration::from_millis(200)
+        ),
+        "{e}"
+    );
+    drop(listener);
+}
