@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Parser;
+use milter_benches::proc::{cpu_seconds, status_field};
 use milter_client::{Client, Message};
 use milter_proto::Envelope;
 use milter_server::{BoxError, Context, EomContext, Listener, Milter, Server, Status, async_trait};
@@ -88,28 +89,12 @@ impl Transport {
     }
 }
 
-/// This thread's voluntary context switches and CPU time in clock ticks.
-fn thread_usage() -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/thread-self/status")?;
-    let switches = status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .context("no voluntary_ctxt_switches")?
-        .trim()
-        .parse()?;
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    // utime and stime, fields 14 and 15 of stat(5), 12 and 13 after the name.
-    let ticks = match (fields.get(11), fields.get(12)) {
-        (Some(u), Some(s)) => u.parse::<u64>()? + s.parse::<u64>()?,
-        _ => bail!("short /proc/thread-self/stat"),
-    };
-    Ok((switches, ticks))
+/// This thread's voluntary context switches and CPU seconds.
+fn thread_usage() -> anyhow::Result<(u64, f64)> {
+    let switches = status_field("/proc/thread-self/status", "voluntary_ctxt_switches")
+        .context("no voluntary_ctxt_switches in /proc/thread-self/status")?;
+    let cpu = cpu_seconds("/proc/thread-self/stat").context("unreadable /proc/thread-self/stat")?;
+    Ok((switches, cpu))
 }
 
 async fn run(socket: &Path, transport: Transport, messages: u32) -> anyhow::Result<String> {
@@ -123,7 +108,7 @@ async fn run(socket: &Path, transport: Transport, messages: u32) -> anyhow::Resu
         .header("Subject", "hello")
         .header("From", "alice@example.org")
         .body("Hi Bob.\r\n");
-    let (switches, ticks) = thread_usage()?;
+    let (switches, cpu) = thread_usage()?;
     let start = Instant::now();
     for _ in 0..messages {
         let mut conn = match transport {
@@ -138,15 +123,14 @@ async fn run(socket: &Path, transport: Transport, messages: u32) -> anyhow::Resu
         conn.quit().await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (switches_after, ticks_after) = thread_usage()?;
+    let (switches_after, cpu_after) = thread_usage()?;
     let n = f64::from(messages);
-    let ms_per_tick = 1000.0 / 100.0; // USER_HZ is 100 on Linux
     Ok(format!(
         "| {} | {:.0} | {:.2} | {:.0} |",
         transport.name(),
         n / elapsed,
         (switches_after - switches) as f64 / n,
-        (ticks_after - ticks) as f64 * ms_per_tick / (n / 1000.0),
+        (cpu_after - cpu) * 1000.0 / (n / 1000.0),
     ))
 }
 

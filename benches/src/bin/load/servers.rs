@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use milter_benches::proc::{cpu_seconds, status_field};
 
 use crate::generator::{Spec, Target};
 
@@ -237,43 +238,11 @@ pub(crate) struct Sample {
     pub(crate) rss_kb: u64,
 }
 
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// utime + stime of `/proc/PID/stat`, in seconds.
-pub(crate) fn cpu_seconds(stat_path: &str) -> Option<f64> {
-    let s = fs::read_to_string(stat_path).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After ") ": state is field 3; utime and stime are fields 14 and 15.
-    let ut: f64 = f.get(11)?.parse().ok()?;
-    let st: f64 = f.get(12)?.parse().ok()?;
-    Some((ut + st) / clock_ticks())
-}
-
-/// A `kB` line of `/proc/PID/status`.
-pub(crate) fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 impl Sample {
     pub(crate) fn of(pid: u32) -> Sample {
         Sample {
             cpu_s: cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(f64::NAN),
-            rss_kb: status_kb(pid, "VmRSS").unwrap_or(0),
+            rss_kb: status_field(&format!("/proc/{pid}/status"), "VmRSS").unwrap_or(0),
         }
     }
 
