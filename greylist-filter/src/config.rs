@@ -175,10 +175,10 @@ impl PartialEq for Pattern {
     }
 }
 
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        regex::RegexBuilder::new(&s)
+impl Pattern {
+    /// Compiles a case-insensitive regular expression; the error names it and says why.
+    pub fn compile(s: &str) -> Result<Pattern, String> {
+        regex::RegexBuilder::new(s)
             .case_insensitive(true)
             .size_limit(1 << 20)
             .build()
@@ -194,8 +194,15 @@ impl<'de> Deserialize<'de> for Pattern {
                     .trim()
                     .trim_start_matches("error: ")
                     .to_owned();
-                de::Error::custom(format!("invalid regular expression {s:?}: {reason}"))
+                format!("invalid regular expression {s:?}: {reason}")
             })
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pattern::compile(&s).map_err(de::Error::custom)
     }
 }
 
@@ -225,6 +232,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Trust learned from outbound mail.
     pub outbound: OutboundConfig,
+    /// Access list rules (`[[acl]]`), in order; see [`crate::acl`].
+    pub acl: Vec<crate::acl::RuleConfig>,
 }
 
 /// `[outbound]`
@@ -920,6 +929,53 @@ fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) 
             "file_check_interval must be at least 1s".into(),
         );
     }
+    for (i, key, message) in crate::acl::validate(&c.acl, g.retry_window.0) {
+        let (line, column) = array_table_position(text, "acl", i, key).unwrap_or((0, 0));
+        errors.push(ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+}
+
+/// Line and column of `key` in the `index`-th (0-based) `[[name]]` table, or of the
+/// table's header when `key` is `None` or not found there.
+pub fn array_table_position(
+    text: &str,
+    name: &str,
+    index: usize,
+    key: Option<&str>,
+) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            if header.is_some() {
+                break;
+            }
+            let is_ours = t
+                .strip_prefix("[[")
+                .and_then(|r| r.split_once("]]"))
+                .is_some_and(|(n, _)| n.trim() == name);
+            if is_ours {
+                if seen == index {
+                    header = Some((i + 1, line.len() - t.len() + 1));
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if let (Some(_), Some(k)) = (header, key)
+            && let Some(rest) = t.strip_prefix(k)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some((i + 1, line.len() - t.len() + 1));
+        }
+    }
+    header
 }
 
 /// True for loopback addresses (IPv4-mapped IPv6 included).

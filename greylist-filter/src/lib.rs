@@ -85,6 +85,7 @@
 //! [`daemon`], [`admin`], [`cli`], [`identity`], [`dnslists`], [`risk`].
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod cli;
 pub mod clock;

@@ -109,10 +109,10 @@ impl NetSet {
 
 /// Domain names: an entry matches itself and its subdomains (on label boundaries).
 #[derive(Debug, Default, Clone)]
-struct DomainSet(HashSet<String>);
+pub(crate) struct DomainSet(HashSet<String>);
 
 impl DomainSet {
-    fn insert(&mut self, d: &str) {
+    pub(crate) fn insert(&mut self, d: &str) {
         let d = d.trim().trim_start_matches('.').trim_end_matches('.');
         if !d.is_empty() {
             self.0.insert(d.to_ascii_lowercase());
@@ -120,7 +120,7 @@ impl DomainSet {
     }
 
     /// `name` must already be lower case.
-    fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         if self.0.is_empty() {
             return false;
         }
@@ -139,13 +139,13 @@ impl DomainSet {
 
 /// Addresses (`user@domain`) and domains (`domain`, `@domain`, subdomains included).
 #[derive(Debug, Default, Clone)]
-struct AddrSet {
+pub(crate) struct AddrSet {
     addresses: HashSet<String>,
     domains: DomainSet,
 }
 
 impl AddrSet {
-    fn insert(&mut self, entry: &str) {
+    pub(crate) fn insert(&mut self, entry: &str) {
         let e = entry.trim().trim_start_matches('<').trim_end_matches('>');
         if let Some(d) = e.strip_prefix('@') {
             self.domains.insert(d);
@@ -156,12 +156,12 @@ impl AddrSet {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.addresses.is_empty() && self.domains.0.is_empty()
     }
 
     /// `addr` must already be lower case.
-    fn matches(&self, addr: &str) -> bool {
+    pub(crate) fn matches(&self, addr: &str) -> bool {
         if self.addresses.contains(addr) {
             return true;
         }

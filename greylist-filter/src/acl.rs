@@ -1,0 +1,864 @@
+//! Access lists: ordered `[[acl]]` rules, milter-greylist's `racl` in TOML.
+//!
+//! Each rule has an action and clauses. The first rule whose clauses all match decides
+//! (`continue` rules run their side effects and evaluation goes on); when no rule
+//! decides, the `[whitelist]` lists, the DNS lists and greylisting with the global
+//! settings apply as if there were no rules.
+//!
+//! ```toml
+//! [[acl]]
+//! name = "partners"
+//! action = "whitelist"
+//! addr = ["192.0.2.0/24", "2001:db8::/32"]
+//!
+//! [[acl]]
+//! action = "blacklist"
+//! from = ["/@spam\\.example$/"]
+//! code = 550
+//! ecode = "5.7.1"
+//! msg = "Not welcome here"
+//!
+//! [[acl]]
+//! action = "greylist"
+//! rcpt = ["sales.example.com"]
+//! not = { auth = ["/./"] }
+//! delay = "1h"
+//! autowhite = "3d"
+//! ```
+//!
+//! | clause | matches when | forms |
+//! |---|---|---|
+//! | `default = true` | always | |
+//! | `addr` | the client address is in one of the networks | CIDR or address |
+//! | `domain` | the client host name (the FCrDNS-verified one with `[dns] fcrdns`) | domain (and its subdomains) or `/regex/` |
+//! | `helo` | the HELO/EHLO name | name (case-insensitive) or `/regex/` |
+//! | `from` | the envelope sender (raw, or normalised: BATV, SRS, `+ext` removed) | `user@domain`, `user@`, `domain`/`@domain` (and subdomains), or `/regex/` on the raw address |
+//! | `rcpt` | the envelope recipient | as `from` |
+//! | `auth` | the SMTP AUTH user (`{auth_authen}`) | user (case-insensitive) or `/regex/` |
+//! | `tls` | the client certificate subject (`{cert_subject}`) | exact subject or `/regex/` |
+//! | `dnsrbl` | the client is listed in one of the DNS zones (an A record in 127.0.0.0/8) | zone |
+//! | `macro` | an MTA macro has a value (or is not set) | `{ name = "{daemon_name}", value = "ORIG" }`, value `/regex/`, or `{ name = "...", unset = true }` |
+//! | `rcptcount` | the number of recipients of the transaction so far, this one included | `"> 10"`, ops `<`, `<=`, `>`, `>=`, `==`, `!=` |
+//! | `not` | none of the clauses in it matches | a table of the clauses above |
+//!
+//! A clause with several entries matches if any entry does; all clauses of a rule must
+//! match. A regular expression is written between slashes and is case-insensitive.
+//!
+//! Actions and values:
+//!
+//! - `whitelist`: the recipient is not greylisted.
+//! - `blacklist`: the recipient is rejected with `code`/`ecode`/`msg` (default
+//!   `550 5.7.1 Access denied`).
+//! - `greylist`: the recipient is greylisted even if a `[whitelist]` list or a DNS allow
+//!   list would let it through, with this rule's `delay` and `autowhite` (auto-whitelist
+//!   period) and its `code`/`ecode`/`msg` reply, each defaulting to the global setting.
+//! - `continue`: nothing is decided; `flushaddr` still runs.
+//! - `nolog = true`: no decision line for recipients this rule decides.
+//! - `flushaddr = true`: forget every record of the client's network when the rule matches.
+//!
+//! Loopback and local networks, authenticated clients (`[whitelist] authenticated`),
+//! `postmaster@`/`abuse@` and the opt-in/opt-out lists are checked before the rules: no
+//! rule greylists or rejects them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::config::{Cidr, Pattern, Seconds};
+use crate::dnslists::DnsFacts;
+use crate::tuple::normalize_sender;
+use crate::whitelist::{AddrSet, DomainSet, NetSet};
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    /// Do not greylist.
+    Whitelist,
+    /// Greylist, with the rule's values.
+    Greylist,
+    /// Reject (5xx).
+    Blacklist,
+    /// Run the side effects and go on with the next rule.
+    Continue,
+}
+
+impl AclAction {
+    /// The lower-case name used in the configuration and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AclAction::Whitelist => "whitelist",
+            AclAction::Greylist => "greylist",
+            AclAction::Blacklist => "blacklist",
+            AclAction::Continue => "continue",
+        }
+    }
+}
+
+/// A clause value: a literal or, written between slashes, a case-insensitive regular
+/// expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matcher {
+    /// A literal; what it matches depends on the clause.
+    Literal(String),
+    /// `/regex/`.
+    Regex(Pattern),
+}
+
+impl<'de> Deserialize<'de> for Matcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s
+            .strip_prefix('/')
+            .and_then(|r| r.strip_suffix('/'))
+            .filter(|_| s.len() >= 2)
+        {
+            Some(re) => Pattern::compile(re)
+                .map(Matcher::Regex)
+                .map_err(de::Error::custom),
+            None if s.trim().is_empty() => Err(de::Error::custom("an empty value matches nothing")),
+            None => Ok(Matcher::Literal(s)),
+        }
+    }
+}
+
+/// `macro = [{ name = "{daemon_name}", value = "ORIGINATING" }]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MacroClause {
+    /// The macro, e.g. `"{daemon_name}"` or `"j"`.
+    pub name: String,
+    /// The value it must have (exact) or `/regex/`.
+    pub value: Option<Matcher>,
+    /// `true`: matches when the MTA did not send the macro (or sent it empty).
+    #[serde(default)]
+    pub unset: bool,
+}
+
+/// A comparison of a count, `"> 10"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountCmp {
+    op: CmpOp,
+    n: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl CountCmp {
+    /// Parses `"> 10"`, `">=3"`, `"== 1"`, or a bare number (meaning `==`).
+    pub fn parse(s: &str) -> Option<CountCmp> {
+        let s = s.trim();
+        let (op, rest) = [
+            ("<=", CmpOp::Le),
+            (">=", CmpOp::Ge),
+            ("==", CmpOp::Eq),
+            ("!=", CmpOp::Ne),
+            ("<", CmpOp::Lt),
+            (">", CmpOp::Gt),
+            ("=", CmpOp::Eq),
+        ]
+        .iter()
+        .find_map(|(p, op)| s.strip_prefix(p).map(|r| (*op, r)))
+        .unwrap_or((CmpOp::Eq, s));
+        let n = rest.trim().parse().ok()?;
+        Some(CountCmp { op, n })
+    }
+
+    /// Whether `v` satisfies the comparison.
+    pub fn holds(self, v: u64) -> bool {
+        match self.op {
+            CmpOp::Lt => v < self.n,
+            CmpOp::Le => v <= self.n,
+            CmpOp::Gt => v > self.n,
+            CmpOp::Ge => v >= self.n,
+            CmpOp::Eq => v == self.n,
+            CmpOp::Ne => v != self.n,
+        }
+    }
+}
+
+impl fmt::Display for CountCmp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        };
+        write!(f, "{op} {}", self.n)
+    }
+}
+
+impl<'de> Deserialize<'de> for CountCmp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = CountCmp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a comparison such as \"> 10\" or a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CountCmp, E> {
+                u64::try_from(v)
+                    .map(|n| CountCmp { op: CmpOp::Eq, n })
+                    .map_err(|_| E::custom("a count cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<CountCmp, E> {
+                Ok(CountCmp { op: CmpOp::Eq, n })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CountCmp, E> {
+                CountCmp::parse(v).ok_or_else(|| {
+                    E::custom(format!(
+                        "invalid comparison {v:?}: expected an operator (<, <=, >, >=, ==, !=) and a number, e.g. \"> 10\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The clauses of a rule (also the contents of its `not` table).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Clauses {
+    /// Client networks.
+    pub addr: Vec<Cidr>,
+    /// Client host name: domains (with subdomains) or `/regex/`.
+    pub domain: Vec<Matcher>,
+    /// HELO/EHLO name.
+    pub helo: Vec<Matcher>,
+    /// Envelope sender.
+    pub from: Vec<Matcher>,
+    /// Envelope recipient.
+    pub rcpt: Vec<Matcher>,
+    /// SMTP AUTH user.
+    pub auth: Vec<Matcher>,
+    /// Client certificate subject.
+    pub tls: Vec<Matcher>,
+    /// DNS block list zones.
+    pub dnsrbl: Vec<String>,
+    /// MTA macros.
+    #[serde(rename = "macro")]
+    pub macros: Vec<MacroClause>,
+    /// Recipients in the transaction so far, this one included.
+    pub rcptcount: Option<CountCmp>,
+}
+
+impl Clauses {
+    /// True if no clause is given.
+    pub fn is_empty(&self) -> bool {
+        self.addr.is_empty()
+            && self.domain.is_empty()
+            && self.helo.is_empty()
+            && self.from.is_empty()
+            && self.rcpt.is_empty()
+            && self.auth.is_empty()
+            && self.tls.is_empty()
+            && self.dnsrbl.is_empty()
+            && self.macros.is_empty()
+            && self.rcptcount.is_none()
+    }
+}
+
+/// One `[[acl]]` table as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in logs, metrics and `explain`; default `acl#N` (N counts from 1).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the rule does when it matches.
+    pub action: AclAction,
+    /// Match everything.
+    #[serde(default)]
+    pub default: bool,
+    /// Client networks.
+    #[serde(default)]
+    pub addr: Vec<Cidr>,
+    /// Client host name.
+    #[serde(default)]
+    pub domain: Vec<Matcher>,
+    /// HELO/EHLO name.
+    #[serde(default)]
+    pub helo: Vec<Matcher>,
+    /// Envelope sender.
+    #[serde(default)]
+    pub from: Vec<Matcher>,
+    /// Envelope recipient.
+    #[serde(default)]
+    pub rcpt: Vec<Matcher>,
+    /// SMTP AUTH user.
+    #[serde(default)]
+    pub auth: Vec<Matcher>,
+    /// Client certificate subject.
+    #[serde(default)]
+    pub tls: Vec<Matcher>,
+    /// DNS block list zones.
+    #[serde(default)]
+    pub dnsrbl: Vec<String>,
+    /// MTA macros.
+    #[serde(default, rename = "macro")]
+    pub macros: Vec<MacroClause>,
+    /// Recipients in the transaction so far.
+    #[serde(default)]
+    pub rcptcount: Option<CountCmp>,
+    /// Clauses that must not match.
+    #[serde(default)]
+    pub not: Option<Clauses>,
+    /// `greylist`: the delay for this rule's recipients.
+    #[serde(default)]
+    pub delay: Option<Seconds>,
+    /// `greylist`: the auto-whitelist period for this rule's recipients.
+    #[serde(default)]
+    pub autowhite: Option<Seconds>,
+    /// `greylist` (4xx) or `blacklist` (5xx): the SMTP code.
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// The enhanced status code, e.g. `"4.7.1"`.
+    #[serde(default)]
+    pub ecode: Option<String>,
+    /// The reply text.
+    #[serde(default)]
+    pub msg: Option<String>,
+    /// Do not log decisions made by this rule.
+    #[serde(default)]
+    pub nolog: bool,
+    /// Forget the client network's records when the rule matches.
+    #[serde(default)]
+    pub flushaddr: bool,
+}
+
+impl RuleConfig {
+    /// The positive clauses of the rule.
+    pub fn clauses(&self) -> Clauses {
+        Clauses {
+            addr: self.addr.clone(),
+            domain: self.domain.clone(),
+            helo: self.helo.clone(),
+            from: self.from.clone(),
+            rcpt: self.rcpt.clone(),
+            auth: self.auth.clone(),
+            tls: self.tls.clone(),
+            dnsrbl: self.dnsrbl.clone(),
+            macros: self.macros.clone(),
+            rcptcount: self.rcptcount,
+        }
+    }
+}
+
+/// A compiled text clause: literals (by the clause's rule) and regular expressions.
+#[derive(Debug, Default)]
+struct Text<S> {
+    literals: S,
+    regex: Vec<regex::Regex>,
+}
+
+impl<S: Default> Text<S> {
+    fn build(entries: &[Matcher], mut insert: impl FnMut(&mut S, &str)) -> Self {
+        let mut t = Text {
+            literals: S::default(),
+            regex: Vec::new(),
+        };
+        for e in entries {
+            match e {
+                Matcher::Literal(l) => insert(&mut t.literals, l),
+                Matcher::Regex(p) => t.regex.push(p.0.clone()),
+            }
+        }
+        t
+    }
+
+    fn regex_match(&self, raw: &str) -> bool {
+        self.regex.iter().any(|r| r.is_match(raw))
+    }
+}
+
+/// Case-insensitive whole names.
+type Names = Text<std::collections::HashSet<String>>;
+
+fn names(entries: &[Matcher]) -> Names {
+    Text::build(entries, |s: &mut std::collections::HashSet<String>, l| {
+        s.insert(l.trim().to_lowercase());
+    })
+}
+
+fn name_matches(t: &Names, v: Option<&str>) -> bool {
+    v.is_some_and(|v| t.literals.contains(&v.trim().to_lowercase()) || t.regex_match(v))
+}
+
+/// One compiled set of clauses.
+#[derive(Debug, Default)]
+struct Compiled {
+    addr: Option<NetSet>,
+    domain: Option<Text<DomainSet>>,
+    helo: Option<Names>,
+    from: Option<Text<AddrSet>>,
+    rcpt: Option<Text<AddrSet>>,
+    auth: Option<Names>,
+    tls: Option<Names>,
+    dnsrbl: Vec<String>,
+    macros: Vec<MacroClause>,
+    rcptcount: Option<CountCmp>,
+}
+
+fn some_if<T>(empty: bool, f: impl FnOnce() -> T) -> Option<T> {
+    (!empty).then(f)
+}
+
+fn addrs(entries: &[Matcher]) -> Text<AddrSet> {
+    Text::build(entries, AddrSet::insert)
+}
+
+impl Compiled {
+    fn new(c: &Clauses) -> Self {
+        Compiled {
+            addr: some_if(c.addr.is_empty(), || {
+                let mut n = NetSet::default();
+                for a in &c.addr {
+                    n.insert(a.0);
+                }
+                n
+            }),
+            domain: some_if(c.domain.is_empty(), || {
+                Text::build(&c.domain, DomainSet::insert)
+            }),
+            helo: some_if(c.helo.is_empty(), || names(&c.helo)),
+            from: some_if(c.from.is_empty(), || addrs(&c.from)),
+            rcpt: some_if(c.rcpt.is_empty(), || addrs(&c.rcpt)),
+            auth: some_if(c.auth.is_empty(), || names(&c.auth)),
+            tls: some_if(c.tls.is_empty(), || names(&c.tls)),
+            dnsrbl: c.dnsrbl.iter().map(|z| z.trim().to_owned()).collect(),
+            macros: c.macros.clone(),
+            rcptcount: c.rcptcount,
+        }
+    }
+
+    /// Whether every clause matches (`all = true`) or whether any clause matches
+    /// (`all = false`, for `not`). No clause: `all`.
+    async fn eval(&self, f: &Facts<'_>, dns: &mut DnsCache<'_>, all: bool) -> bool {
+        let host = f
+            .client_name
+            .map(str::trim)
+            .filter(|h| !h.is_empty() && !h.starts_with('[') && *h != "unknown");
+        let sender = f
+            .sender
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let checks: [Option<bool>; 9] = [
+            self.addr.as_ref().map(|n| n.contains(f.client_ip)),
+            self.domain.as_ref().map(|d| {
+                host.is_some_and(|h| {
+                    d.literals.matches(&h.to_ascii_lowercase()) || d.regex_match(h)
+                })
+            }),
+            self.helo.as_ref().map(|t| name_matches(t, f.helo)),
+            self.from.as_ref().map(|t| {
+                t.literals.matches(&sender.to_lowercase())
+                    || t.literals.matches(&normalize_sender(f.sender))
+                    || t.regex_match(sender)
+            }),
+            self.rcpt
+                .as_ref()
+                .map(|t| t.literals.matches(f.recipient) || t.regex_match(f.recipient)),
+            self.auth.as_ref().map(|t| name_matches(t, f.auth)),
+            self.tls
+                .as_ref()
+                .map(|t| name_matches(t, f.macro_value("{cert_subject}"))),
+            (!self.macros.is_empty()).then(|| {
+                self.macros.iter().any(|m| {
+                    let v = f.macro_value(&m.name).filter(|v| !v.is_empty());
+                    match (&m.value, v) {
+                        (_, None) => m.unset,
+                        (Some(Matcher::Literal(l)), Some(v)) => l == v,
+                        (Some(Matcher::Regex(p)), Some(v)) => p.0.is_match(v),
+                        (None, Some(_)) => false,
+                    }
+                })
+            }),
+            self.rcptcount.map(|c| c.holds(f.rcpt_count)),
+        ];
+        for c in checks.into_iter().flatten() {
+            if c != all {
+                return !all;
+            }
+        }
+        // DNS last: only asked when everything else matched (or, for `not`, nothing did).
+        if !self.dnsrbl.is_empty() && dns.listed(f.client_ip, &self.dnsrbl).await != all {
+            return !all;
+        }
+        all
+    }
+}
+
+/// What the rules see of one recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The client address.
+    pub client_ip: IpAddr,
+    /// The client host name.
+    pub client_name: Option<&'a str>,
+    /// The HELO/EHLO name.
+    pub helo: Option<&'a str>,
+    /// The raw envelope sender.
+    pub sender: &'a str,
+    /// The normalised recipient.
+    pub recipient: &'a str,
+    /// `{auth_authen}`.
+    pub auth: Option<&'a str>,
+    /// Macros the MTA sent that the rules ask for (see [`AclSet::macro_names`]).
+    pub macros: &'a [(String, String)],
+    /// Recipients in the transaction so far, this one included.
+    pub rcpt_count: u64,
+}
+
+impl Facts<'_> {
+    fn macro_value(&self, name: &str) -> Option<&str> {
+        let bare = name.trim_start_matches('{').trim_end_matches('}');
+        self.macros
+            .iter()
+            .find(|(n, _)| n.trim_start_matches('{').trim_end_matches('}') == bare)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// DNS list answers of one evaluation, so a zone is asked at most once.
+struct DnsCache<'a> {
+    dns: Option<&'a DnsFacts>,
+    answers: Vec<(String, bool)>,
+}
+
+impl DnsCache<'_> {
+    async fn listed(&mut self, ip: IpAddr, zones: &[String]) -> bool {
+        let Some(dns) = self.dns else {
+            return false;
+        };
+        for z in zones {
+            let hit = match self.answers.iter().find(|(n, _)| n == z) {
+                Some((_, hit)) => *hit,
+                None => {
+                    let hit = dns
+                        .first_listing(ip, std::slice::from_ref(z))
+                        .await
+                        .is_some();
+                    self.answers.push((z.clone(), hit));
+                    hit
+                }
+            };
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule's name (`acl#N` if none was given).
+    pub name: String,
+    /// Its action.
+    pub action: AclAction,
+    /// `greylist`: the delay, if the rule sets one.
+    pub delay: Option<u64>,
+    /// `greylist`: the auto-whitelist period, if the rule sets one.
+    pub autowhite: Option<u64>,
+    /// The reply parts the rule sets: code, enhanced code, text.
+    pub code: Option<u16>,
+    /// Enhanced status code.
+    pub ecode: Option<String>,
+    /// Reply text.
+    pub msg: Option<String>,
+    /// Decisions of this rule are not logged.
+    pub nolog: bool,
+    /// The client network's records are flushed when the rule matches.
+    pub flushaddr: bool,
+    default: bool,
+    when: Compiled,
+    not: Option<Compiled>,
+}
+
+/// The outcome of the rules for one recipient.
+#[derive(Debug, Default)]
+pub struct AclOutcome<'a> {
+    /// The rule that decided (not a `continue` rule), if any.
+    pub rule: Option<&'a Rule>,
+    /// A matching rule asked for the client network's records to be flushed.
+    pub flush: bool,
+}
+
+/// The compiled `[[acl]]` rules.
+#[derive(Debug, Default)]
+pub struct AclSet {
+    rules: Vec<Rule>,
+}
+
+impl AclSet {
+    /// Compiles validated rules (see [`validate`]); values are used as written.
+    pub fn new(rules: &[RuleConfig]) -> Self {
+        AclSet {
+            rules: rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Rule {
+                    name: rule_name(r, i),
+                    action: r.action,
+                    delay: r.delay.map(|s| s.0),
+                    autowhite: r.autowhite.map(|s| s.0),
+                    code: r.code,
+                    ecode: r.ecode.clone(),
+                    msg: r.msg.clone(),
+                    nolog: r.nolog,
+                    flushaddr: r.flushaddr,
+                    default: r.default,
+                    when: Compiled::new(&r.clauses()),
+                    not: r.not.as_ref().map(Compiled::new),
+                })
+                .collect(),
+        }
+    }
+
+    /// True if there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether a rule has a `helo` clause (the filter then asks the MTA for HELO).
+    pub fn uses_helo(&self) -> bool {
+        self.compiled().any(|c| c.helo.is_some())
+    }
+
+    /// Whether a rule has a `dnsrbl` clause.
+    pub fn uses_dns(&self) -> bool {
+        self.compiled().any(|c| !c.dnsrbl.is_empty())
+    }
+
+    /// The MTA macros the rules read (`macro` and `tls` clauses), to be requested at RCPT.
+    pub fn macro_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for c in self.compiled() {
+            let tls = c.tls.is_some().then(|| "{cert_subject}".to_owned());
+            for n in c.macros.iter().map(|m| m.name.clone()).chain(tls) {
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+            }
+        }
+        v
+    }
+
+    fn compiled(&self) -> impl Iterator<Item = &Compiled> {
+        self.rules
+            .iter()
+            .flat_map(|r| std::iter::once(&r.when).chain(r.not.as_ref()))
+    }
+
+    /// Runs the rules in order for one recipient. `dns` answers `dnsrbl` clauses (a
+    /// clause without a resolver never matches).
+    pub async fn evaluate(&self, f: &Facts<'_>, dns: Option<&DnsFacts>) -> AclOutcome<'_> {
+        let mut cache = DnsCache {
+            dns,
+            answers: Vec::new(),
+        };
+        let mut out = AclOutcome::default();
+        for r in &self.rules {
+            let matched = (r.default || r.when.eval(f, &mut cache, true).await)
+                && match &r.not {
+                    Some(n) => !n.eval(f, &mut cache, false).await,
+                    None => true,
+                };
+            if !matched {
+                continue;
+            }
+            out.flush |= r.flushaddr;
+            if r.action != AclAction::Continue {
+                out.rule = Some(r);
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn rule_name(r: &RuleConfig, i: usize) -> String {
+    r.name.clone().unwrap_or_else(|| format!("acl#{}", i + 1))
+}
+
+/// Checks what the types cannot: returns (rule index, key or `None` for the table,
+/// message) for every problem. `retry_window` is the global retry window.
+pub fn validate(
+    rules: &[RuleConfig],
+    retry_window: u64,
+) -> Vec<(usize, Option<&'static str>, String)> {
+    let mut errors = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let mut err = |key: Option<&'static str>, m: String| errors.push((i, key, m));
+        let name = rule_name(r, i);
+        if seen.contains(&name) {
+            err(
+                Some("name"),
+                format!("acl rule name {name:?} is used twice"),
+            );
+        }
+        seen.push(name.clone());
+        let positive = !r.clauses().is_empty();
+        if r.default && positive {
+            err(
+                Some("default"),
+                format!("acl {name}: default = true matches everything; remove the other clauses"),
+            );
+        }
+        if !r.default && !positive && r.not.is_none() {
+            err(
+                None,
+                format!("acl {name}: no clause; give at least one clause, or default = true"),
+            );
+        }
+        if r.not.as_ref().is_some_and(Clauses::is_empty) {
+            err(Some("not"), format!("acl {name}: not = {{}} has no clause"));
+        }
+        for m in r
+            .macros
+            .iter()
+            .chain(r.not.iter().flat_map(|n| n.macros.iter()))
+        {
+            let bare = m.name.trim_start_matches('{').trim_end_matches('}');
+            if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                err(
+                    Some("macro"),
+                    format!("acl {name}: invalid macro name {:?}", m.name),
+                );
+            }
+            if m.value.is_some() == m.unset {
+                err(
+                    Some("macro"),
+                    format!(
+                        "acl {name}: macro {:?} needs either value = \"...\" or unset = true",
+                        m.name
+                    ),
+                );
+            }
+        }
+        for z in r
+            .dnsrbl
+            .iter()
+            .chain(r.not.iter().flat_map(|n| n.dnsrbl.iter()))
+        {
+            let z = z.trim();
+            if z.is_empty() || z.contains(char::is_whitespace) || z.starts_with('.') {
+                err(
+                    Some("dnsrbl"),
+                    format!("acl {name}: invalid DNS zone {z:?}"),
+                );
+            }
+        }
+        let replies = matches!(r.action, AclAction::Greylist | AclAction::Blacklist);
+        for (key, set) in [
+            ("code", r.code.is_some()),
+            ("ecode", r.ecode.is_some()),
+            ("msg", r.msg.is_some()),
+        ] {
+            if set && !replies {
+                err(
+                    Some(key),
+                    format!("acl {name}: {key} is only for greylist and blacklist rules"),
+                );
+            }
+        }
+        for (key, set) in [
+            ("delay", r.delay.is_some()),
+            ("autowhite", r.autowhite.is_some()),
+        ] {
+            if set && r.action != AclAction::Greylist {
+                err(
+                    Some(key),
+                    format!("acl {name}: {key} is only for greylist rules"),
+                );
+            }
+        }
+        if let Some(d) = r.delay
+            && d.0 >= retry_window
+        {
+            err(
+                Some("delay"),
+                format!(
+                    "acl {name}: delay ({}s) must be shorter than [greylist] retry_window ({retry_window}s)",
+                    d.0
+                ),
+            );
+        }
+        let class = match r.action {
+            AclAction::Blacklist => 5,
+            _ => 4,
+        };
+        if let Some(c) = r.code
+            && replies
+            && c / 100 != class
+        {
+            err(
+                Some("code"),
+                format!(
+                    "acl {name}: code {c} must be {class}xx for a {} rule",
+                    r.action.name()
+                ),
+            );
+        }
+        if let Some(e) = &r.ecode
+            && replies
+            && !is_enhanced_code(e, class)
+        {
+            err(
+                Some("ecode"),
+                format!("acl {name}: ecode {e:?} must be an enhanced code {class}.x.y"),
+            );
+        }
+        if r.msg
+            .as_ref()
+            .is_some_and(|m| m.chars().any(char::is_control))
+        {
+            err(
+                Some("msg"),
+                format!("acl {name}: msg must not contain control characters"),
+            );
+        }
+    }
+    errors
+}
+
+/// `4.7.1`-style: class digit, then two numbers of 1-3 digits.
+pub fn is_enhanced_code(s: &str, class: u16) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts.first().is_some_and(|p| *p == class.to_string())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The reply of a deciding `greylist` or `blacklist` rule: its parts over `base`.
+pub fn rule_reply(rule: &Rule, base: &crate::engine::SmtpReply) -> Arc<crate::engine::SmtpReply> {
+    Arc::new(crate::engine::SmtpReply {
+        code: rule.code.unwrap_or(base.code),
+        status: rule.ecode.clone().unwrap_or_else(|| base.status.clone()),
+        text: rule.msg.clone().unwrap_or_else(|| base.text.clone()),
+    })
+}
