@@ -54,11 +54,9 @@ fn known(engine: &Engine, rt: &tokio::runtime::Runtime, rcpts: &[String], n: &mu
             *n = (*n + 1) % KNOWN;
             let ctx = RcptContext {
                 client_addr: Some(ip(*n)),
-                client_name: None,
-                auth_authen: None,
                 sender: "<sender@example.org>",
                 recipient: &rcpts[*n as usize],
-                queue_id: None,
+                ..RcptContext::default()
             };
             let out = engine.check_rcpt(&ctx).await;
             debug_assert_eq!(out.action, Action::Continue);
@@ -131,11 +129,9 @@ fn bench(c: &mut Criterion) {
                     let r = format!("new{fresh}@example.net");
                     let ctx = RcptContext {
                         client_addr: Some(ip((fresh % 50_000) as u32 + KNOWN)),
-                        client_name: None,
-                        auth_authen: None,
                         sender: "<spammer@example.biz>",
                         recipient: &r,
-                        queue_id: None,
+                        ..RcptContext::default()
                     };
                     let out = engine.check_rcpt(&ctx).await;
                     debug_assert!(matches!(out.action, Action::Tempfail(_)));

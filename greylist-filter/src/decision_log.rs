@@ -17,7 +17,9 @@ pub fn time_left(d: &Decision) -> u64 {
 }
 
 /// Emits the decision event: fields `queue_id`, `client`, `sender` (raw, as the client
-/// sent it), `recipient`, `key`, `decision`, `reason`, `time_left` (seconds), `dry_run`.
+/// sent it), `recipient`, `key`, `decision`, `reason`, `acl` (the `[[acl]]` rule that
+/// decided, or `-`), `time_left` (seconds), `dry_run`.
+#[allow(clippy::too_many_arguments)]
 pub fn log_decision(
     queue_id: Option<&str>,
     client: Option<IpAddr>,
@@ -25,6 +27,7 @@ pub fn log_decision(
     recipient: &str,
     key: Option<&Key>,
     decision: &Decision,
+    acl: Option<&str>,
     dry_run: bool,
 ) {
     tracing::info!(
@@ -36,6 +39,7 @@ pub fn log_decision(
         key = ?key.map_or_else(String::new, ToString::to_string),
         decision = %decision.label(),
         reason = %decision.reason(),
+        acl = acl.unwrap_or("-"),
         time_left = time_left(decision),
         dry_run,
         "greylist decision"

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
+use crate::acl::{AclAction, AclSet, Facts, Rule, rule_reply};
 use crate::clock::Clock;
 use crate::config::DnsblAction;
 use crate::config::{Config, ConfigError, FailMode};
@@ -42,6 +43,13 @@ pub struct RcptContext<'a> {
     pub recipient: &'a str,
     /// MTA queue id (`{i}`), for logs; Postfix may not have it before DATA.
     pub queue_id: Option<&'a str>,
+    /// The HELO/EHLO name, if the filter asked for it (`[[acl]]` `helo` clauses).
+    pub helo: Option<&'a str>,
+    /// The macros `[[acl]]` rules read (see [`Engine::acl_macro_names`]) that the MTA
+    /// sent, as (name, value).
+    pub macros: &'a [(String, String)],
+    /// Recipients of the transaction so far, this one included (0 counts as 1).
+    pub rcpt_count: u64,
 }
 
 /// An SMTP reply for a tempfailed recipient.
@@ -116,6 +124,7 @@ struct Settings {
     expire_batch: usize,
     risk: Preset,
     outbound_trust: Option<u64>,
+    acl: AclSet,
 }
 
 impl Settings {
@@ -135,9 +144,17 @@ impl Settings {
             expire_batch: c.store.expire_batch,
             risk: c.greylist.risk,
             outbound_trust: c.outbound.learn.then_some(c.outbound.trust.0),
+            acl: AclSet::new(&c.acl),
         }
     }
 }
+
+/// The reply of a `blacklist` rule that sets none of its own.
+static BLACKLIST_REPLY: std::sync::LazyLock<SmtpReply> = std::sync::LazyLock::new(|| SmtpReply {
+    code: 550,
+    status: "5.7.1".to_owned(),
+    text: "Access denied".to_owned(),
+});
 
 /// The scope part of reply pre-approval keys (`[outbound] learn`).
 pub const REPLY_SCOPE: &str = "reply:";
@@ -270,6 +287,7 @@ impl Engine {
             && d.dnsbl.is_empty()
             && !d.fcrdns
             && config.greylist.risk == Preset::Balanced
+            && !AclSet::new(&config.acl).uses_dns()
         {
             None
         } else {
@@ -314,9 +332,24 @@ impl Engine {
     /// listener settings are not changed here. On error nothing changes.
     pub fn reload(&self, config: &Config, config_path: &Path) -> Result<(), Vec<ConfigError>> {
         self.whitelist.reload(config, config_path)?;
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(Settings::from_config(config));
+        let settings = Settings::from_config(config);
+        if self.dns.is_none() && settings.acl.uses_dns() {
+            tracing::warn!(
+                "[[acl]] dnsrbl clauses were added by a reload: they match nothing until a restart sets up the DNS resolver"
+            );
+        }
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         Ok(())
+    }
+
+    /// The MTA macros the current `[[acl]]` rules read; the filter asks for them at RCPT.
+    pub fn acl_macro_names(&self) -> Vec<String> {
+        self.settings().acl.macro_names()
+    }
+
+    /// Whether the current `[[acl]]` rules read the HELO name.
+    pub fn acl_uses_helo(&self) -> bool {
+        self.settings().acl.uses_helo()
     }
 
     /// The live whitelist (for `files_changed` polling and reloads).
@@ -353,10 +386,12 @@ impl Engine {
             sender: ctx.sender,
             recipient: &recipient,
         };
-        let bypass = self.whitelist.check(&subject);
+        let wl = self.whitelist.current();
+        let bypass = wl.check_builtin(&subject);
         if bypass == Some(crate::policy::BypassReason::Authenticated) {
             self.learn_outbound(&s, ctx.sender, &recipient).await;
         }
+        let mut rule = None;
         let (decision, key) = match (bypass, ctx.client_addr) {
             (Some(b), _) => (Decision::Bypass(b), None),
             (None, None) => (
@@ -364,38 +399,84 @@ impl Engine {
                 None,
             ),
             (None, Some(ip)) => {
-                let lists = self.list_facts(ip).await;
-                match self.list_decision(&lists) {
-                    Some(d) => (d, None),
-                    None if self.is_reply(&s, ctx.sender, &recipient).await => {
-                        (Decision::Pass(PassReason::OutboundReply), None)
+                let facts = Facts {
+                    client_ip: ip,
+                    client_name,
+                    helo: ctx.helo,
+                    sender: ctx.sender,
+                    recipient: &recipient,
+                    auth: ctx.auth_authen,
+                    macros: ctx.macros,
+                    rcpt_count: ctx.rcpt_count.max(1),
+                };
+                let acl = s
+                    .acl
+                    .evaluate(&facts, self.dns.as_ref().map(|d| &d.facts))
+                    .await;
+                if acl.flush
+                    && let Err(e) = self.flush_ip(ip).await
+                {
+                    self.metrics.record_store_error();
+                    tracing::warn!(client = %ip, error = %e, "acl flushaddr failed");
+                }
+                rule = acl.rule;
+                match rule {
+                    Some(r) if r.action == AclAction::Whitelist => {
+                        (Decision::Bypass(crate::policy::BypassReason::Acl), None)
                     }
-                    None => {
-                        let (key, spf) = self
-                            .tuple_key(&s, ip, client_name, ctx.sender, &recipient)
+                    Some(r) if r.action == AclAction::Blacklist => {
+                        (Decision::Reject(RejectReason::Acl), None)
+                    }
+                    Some(r) => {
+                        let (d, key) = self
+                            .acl_greylist(
+                                &s,
+                                r,
+                                ip,
+                                client_name,
+                                verified.as_deref(),
+                                ctx.sender,
+                                &recipient,
+                            )
                             .await;
-                        let params = self.params_for(&s, &lists);
-                        let evidence = self
-                            .evidence(&s, ip, &lists, spf, verified.as_deref())
-                            .await;
-                        let d = self.decide_stored(&s, &params, &evidence, &key).await;
                         (d, Some(key))
                     }
+                    None => match wl.check_lists(&subject) {
+                        Some(b) => (Decision::Bypass(b), None),
+                        None => {
+                            self.unlisted(
+                                &s,
+                                ip,
+                                client_name,
+                                verified.as_deref(),
+                                ctx.sender,
+                                &recipient,
+                            )
+                            .await
+                        }
+                    },
                 }
             }
         };
         self.metrics.record_decision(&decision);
-        log_decision(
-            ctx.queue_id,
-            ctx.client_addr,
-            ctx.sender,
-            ctx.recipient,
-            key.as_ref(),
-            &decision,
-            s.dry_run,
-        );
+        if !rule.is_some_and(|r| r.nolog) {
+            log_decision(
+                ctx.queue_id,
+                ctx.client_addr,
+                ctx.sender,
+                ctx.recipient,
+                key.as_ref(),
+                &decision,
+                rule.map(|r| r.name.as_str()),
+                s.dry_run,
+            );
+        }
         let action = if decision.accepts() || s.dry_run {
             Action::Continue
+        } else if let Some(r) = rule.filter(|r| r.action == AclAction::Blacklist) {
+            Action::Reject(rule_reply(r, &BLACKLIST_REPLY))
+        } else if let Some(r) = rule {
+            Action::Tempfail(rule_reply(r, &s.reply))
         } else if let (Decision::Reject(_), Some(d)) = (decision, &self.dns) {
             Action::Reject(Arc::clone(&d.reject))
         } else {
@@ -411,6 +492,64 @@ impl Engine {
             key,
             delayed,
         }
+    }
+
+    /// The decision for a client no rule and no whitelist list decided for: the DNS
+    /// lists, outbound replies, then greylisting with the global settings.
+    async fn unlisted(
+        &self,
+        s: &Settings,
+        ip: IpAddr,
+        client_name: Option<&str>,
+        verified: Option<&str>,
+        sender: &str,
+        recipient: &str,
+    ) -> (Decision, Option<Key>) {
+        let lists = self.list_facts(ip).await;
+        if let Some(d) = self.list_decision(&lists) {
+            return (d, None);
+        }
+        if self.is_reply(s, sender, recipient).await {
+            return (Decision::Pass(PassReason::OutboundReply), None);
+        }
+        let (key, spf) = self.tuple_key(s, ip, client_name, sender, recipient).await;
+        let params = self.params_for(s, &lists);
+        let evidence = self.evidence(s, ip, &lists, spf, verified).await;
+        let d = self.decide_stored(s, &params, Some(&evidence), &key).await;
+        (d, Some(key))
+    }
+
+    /// Greylisting by an `[[acl]]` `greylist` rule: no whitelist list, DNS allow list or
+    /// outbound reply lets the recipient through. A rule `delay` is used as written; without
+    /// one the delay is the global one, scaled as usual (DNS block list, risk preset).
+    #[allow(clippy::too_many_arguments)]
+    async fn acl_greylist(
+        &self,
+        s: &Settings,
+        rule: &Rule,
+        ip: IpAddr,
+        client_name: Option<&str>,
+        verified: Option<&str>,
+        sender: &str,
+        recipient: &str,
+    ) -> (Decision, Key) {
+        let (key, spf) = self.tuple_key(s, ip, client_name, sender, recipient).await;
+        let (mut params, evidence) = match rule.delay {
+            Some(delay) => (Params { delay, ..s.params }, None),
+            None => {
+                let lists = self.list_facts(ip).await;
+                let mut evidence = self.evidence(s, ip, &lists, spf, verified).await;
+                evidence.dnswl = false;
+                (self.params_for(s, &lists), Some(evidence))
+            }
+        };
+        if let Some(a) = rule.autowhite {
+            params.auto_whitelist = a;
+        }
+        let d = self
+            .decide_stored(s, &params, evidence.as_ref(), &key)
+            .await;
+        (d, key)
     }
 
     /// The key of the reply pre-approval for mail from `sender` to `recipient`.
@@ -604,11 +743,13 @@ impl Engine {
         (p, factors)
     }
 
+    /// Looks the tuple up, decides and records. `evidence` scales the delay by the risk
+    /// preset; `None` keeps `params` as they are.
     async fn decide_stored(
         &self,
         s: &Settings,
         params: &Params,
-        evidence: &Evidence,
+        evidence: Option<&Evidence>,
         key: &Key,
     ) -> Decision {
         let now = self.clock.now();
@@ -645,7 +786,10 @@ impl Engine {
             Ok(snap) => snap,
             Err(e) => return self.store_failed(s, key, &e),
         };
-        let (params, _) = Self::scaled(s, params, evidence, &snap, now);
+        let params = match evidence {
+            Some(e) => Self::scaled(s, params, e, &snap, now).0,
+            None => *params,
+        };
         let (decision, updates) = decide(&params, None, &snap, now);
         if params.delay == 0 && matches!(decision, Decision::Greylist { .. }) {
             return Decision::Pass(PassReason::LowRisk);
@@ -726,21 +870,77 @@ impl Engine {
             identity: Identity::Network,
             factors,
         };
-        if let Some(b) = self.whitelist.check(&subject) {
+        let wl = self.whitelist.current();
+        if let Some(b) = wl.check_builtin(&subject) {
+            return Ok(bypassed(Decision::Bypass(b), Vec::new()));
+        }
+        let facts = Facts {
+            client_ip: ip,
+            client_name: None,
+            helo: None,
+            sender,
+            recipient: &rcpt,
+            auth: None,
+            macros: &[],
+            rcpt_count: 1,
+        };
+        let acl = s
+            .acl
+            .evaluate(&facts, self.dns.as_ref().map(|d| &d.facts))
+            .await;
+        let mut factors = Vec::new();
+        if acl.flush {
+            factors
+                .push("an acl rule with flushaddr would forget the network's records".to_owned());
+        }
+        if let Some(r) = acl.rule {
+            factors.push(format!("acl {}: {}", r.name, r.action.name()));
+            match r.action {
+                AclAction::Whitelist => {
+                    return Ok(bypassed(
+                        Decision::Bypass(crate::policy::BypassReason::Acl),
+                        factors,
+                    ));
+                }
+                AclAction::Blacklist => {
+                    return Ok(bypassed(Decision::Reject(RejectReason::Acl), factors));
+                }
+                _ => {}
+            }
+        } else if let Some(b) = wl.check_lists(&subject) {
             return Ok(bypassed(Decision::Bypass(b), Vec::new()));
         }
         let lists = self.list_facts(ip).await;
-        let params = self.params_for(&s, &lists);
-        let factors = self.factors(&lists, &params);
-        if let Some(d) = self.list_decision(&lists) {
-            return Ok(bypassed(d, factors));
+        let mut params = self.params_for(&s, &lists);
+        match acl.rule {
+            Some(r) => {
+                if let Some(d) = r.delay {
+                    params.delay = d;
+                }
+                if let Some(a) = r.autowhite {
+                    params.auto_whitelist = a;
+                }
+            }
+            None => {
+                factors.extend(self.factors(&lists, &params));
+                if let Some(d) = self.list_decision(&lists) {
+                    return Ok(bypassed(d, factors));
+                }
+            }
         }
         let (key, spf) = self.tuple_key(&s, ip, None, sender, &rcpt).await;
         let identity = Identity::of_key(&key);
-        let evidence = self.evidence(&s, ip, &lists, spf, None).await;
+        let mut evidence = self.evidence(&s, ip, &lists, spf, None).await;
+        if acl.rule.is_some() {
+            evidence.dnswl = false;
+        }
+        let fixed = acl.rule.is_some_and(|r| r.delay.is_some());
         let snap = self.store.lookup(&key).await?;
-        let (params, risk) = Self::scaled(&s, &params, &evidence, &snap, now);
-        let mut factors = factors;
+        let (params, risk) = if fixed {
+            (params, Vec::new())
+        } else {
+            Self::scaled(&s, &params, &evidence, &snap, now)
+        };
         if !risk.is_empty() {
             factors.push(format!(
                 "risk preset {:?}: {} -> delay {} s",

@@ -2,10 +2,11 @@
 //!
 //! | stage | what it does |
 //! |---|---|
-//! | negotiate | asks for CONNECT (no reply: the MTA does not wait), MAIL, RCPT and end of message only; everything else is negotiated away. Action: add headers. Macros: `{client_addr} {client_name}` at CONNECT, `{auth_authen}` at MAIL, `{rcpt_addr} i` at RCPT, `i` at end of message. |
+//! | negotiate | asks for CONNECT (no reply: the MTA does not wait), MAIL, RCPT and end of message only; everything else is negotiated away. Action: add headers. Macros: `{client_addr} {client_name}` at CONNECT, `{auth_authen}` at MAIL, `{rcpt_addr} i` at RCPT, `i` at end of message. When `[[acl]]` rules need them: HELO (no reply) and, at RCPT, the macros the rules read. |
 //! | CONNECT | nothing to decide; the server keeps the client address for later stages |
+//! | HELO | (only for `[[acl]]` `helo` clauses) remembers the name |
 //! | MAIL | remembers the raw sender and `{auth_authen}` in the message state |
-//! | RCPT | [`Engine::check_rcpt`] for this recipient: continue, or `451 4.7.1 …` (the configured reply) |
+//! | RCPT | [`Engine::check_rcpt`] for this recipient: continue, `451 4.7.1 …` (the configured reply), or a rule's reply |
 //! | end of message | if a recipient passed after being delayed, adds `X-Greylist` |
 //!
 //! The client address comes from the CONNECT packet; if the MTA sent none (or an
@@ -32,6 +33,8 @@ use crate::tuple::parse_client_addr;
 pub struct MessageState {
     sender: String,
     auth_authen: Option<String>,
+    /// Recipients seen in this transaction.
+    rcpts: u64,
     /// The longest delay of a recipient that passed after being greylisted.
     delayed: Option<u64>,
 }
@@ -40,12 +43,20 @@ pub struct MessageState {
 #[derive(Debug, Clone)]
 pub struct Greylist {
     engine: Arc<Engine>,
+    /// The HELO name, when `[[acl]]` rules asked for it.
+    helo: Option<String>,
+    /// The macros `[[acl]]` rules read, as negotiated for this connection.
+    acl_macros: Vec<String>,
 }
 
 impl Greylist {
     /// A filter deciding with `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Greylist { engine }
+        Greylist {
+            engine,
+            helo: None,
+            acl_macros: Vec::new(),
+        }
     }
 }
 
@@ -62,6 +73,24 @@ pub fn options() -> Options {
         .macros(MacroStage::Mail, "{auth_authen}")
         .macros(MacroStage::Rcpt, "{rcpt_addr} i")
         .macros(MacroStage::EndOfMessage, "i")
+}
+
+/// [`options`] plus what the `[[acl]]` rules need: HELO (no reply) when a rule reads
+/// the HELO name, and the macros rules read, at RCPT.
+pub fn options_with_acl(helo: bool, macros: &[String]) -> Options {
+    let mut o = options();
+    if helo {
+        o = o
+            .stages(STAGES | Stages::HELO)
+            .no_reply(Stages::CONNECT | Stages::HELO);
+    }
+    if !macros.is_empty() {
+        o = o.macros(
+            MacroStage::Rcpt,
+            &format!("{{rcpt_addr}} i {}", macros.join(" ")),
+        );
+    }
+    o
 }
 
 fn text(b: &[u8]) -> String {
@@ -103,7 +132,16 @@ impl Milter for Greylist {
     type Message = MessageState;
 
     async fn negotiate(&mut self, _offer: &OptNeg) -> Result<Options, BoxError> {
-        Ok(options())
+        self.acl_macros = self.engine.acl_macro_names();
+        Ok(options_with_acl(
+            self.engine.acl_uses_helo(),
+            &self.acl_macros,
+        ))
+    }
+
+    async fn helo(&mut self, _ctx: &Context<'_>, name: &bytes::Bytes) -> Result<Status, BoxError> {
+        self.helo = Some(text(name));
+        Ok(Status::Continue)
     }
 
     async fn envfrom(
@@ -118,6 +156,7 @@ impl Milter for Greylist {
             .map(|v| text(&v))
             .filter(|s| !s.trim().is_empty());
         msg.delayed = None;
+        msg.rcpts = 0;
         Ok(Status::Continue)
     }
 
@@ -135,6 +174,12 @@ impl Milter for Greylist {
         }
         let name = client_name(ctx);
         let queue_id = ctx.queue_id();
+        msg.rcpts += 1;
+        let macros: Vec<(String, String)> = self
+            .acl_macros
+            .iter()
+            .filter_map(|n| ctx.macro_value(n).map(|v| (n.clone(), text(&v))))
+            .collect();
         let rc = RcptContext {
             client_addr: client_addr(ctx),
             client_name: name.as_deref(),
@@ -142,6 +187,9 @@ impl Milter for Greylist {
             sender: &msg.sender,
             recipient: &recipient,
             queue_id: queue_id.as_deref(),
+            helo: self.helo.as_deref(),
+            macros: &macros,
+            rcpt_count: msg.rcpts,
         };
         let outcome = self.engine.check_rcpt(&rc).await;
         match outcome.action {

@@ -9,7 +9,7 @@ use crate::policy::{
 };
 
 /// Every (outcome, reason) label pair, in counter order.
-pub const DECISION_LABELS: [(&str, &str); 26] = [
+pub const DECISION_LABELS: [(&str, &str); 28] = [
     ("pass", "delay_met"),
     ("pass", "auto_whitelisted"),
     ("pass", "host_trusted"),
@@ -36,6 +36,8 @@ pub const DECISION_LABELS: [(&str, &str); 26] = [
     ("reject", "dnsbl"),
     ("pass", "low_risk"),
     ("pass", "outbound_reply"),
+    ("bypass", "acl"),
+    ("reject", "acl"),
 ];
 
 /// Upper bounds of the store latency buckets; the last bucket is everything above.
@@ -75,10 +77,12 @@ fn index(d: &Decision) -> usize {
             BypassReason::OptOut => 20,
             BypassReason::NotOptedIn => 21,
             BypassReason::Dnswl => 22,
+            BypassReason::Acl => 26,
         },
         Decision::Reject(RejectReason::Dnsbl) => 23,
         Decision::Pass(PassReason::LowRisk) => 24,
         Decision::Pass(PassReason::OutboundReply) => 25,
+        Decision::Reject(RejectReason::Acl) => 27,
     }
 }
 

@@ -128,6 +128,8 @@ pub enum BypassReason {
     NotOptedIn,
     /// The client is on a DNS allow list (`[dns] dnswl`).
     Dnswl,
+    /// An `[[acl]]` rule with `action = "whitelist"` matched.
+    Acl,
 }
 
 /// Why a recipient was rejected outright.
@@ -135,6 +137,8 @@ pub enum BypassReason {
 pub enum RejectReason {
     /// The client is on a DNS block list and `[dns] dnsbl_action = "reject"`.
     Dnsbl,
+    /// An `[[acl]]` rule with `action = "blacklist"` matched.
+    Acl,
 }
 
 /// The outcome for one recipient.
@@ -209,8 +213,10 @@ impl Decision {
                 BypassReason::OptOut => "opt_out",
                 BypassReason::NotOptedIn => "not_opted_in",
                 BypassReason::Dnswl => "dnswl",
+                BypassReason::Acl => "acl",
             },
             Decision::Reject(RejectReason::Dnsbl) => "dnsbl",
+            Decision::Reject(RejectReason::Acl) => "acl",
         }
     }
 }

@@ -310,8 +310,15 @@ impl WhitelistSet {
         }
     }
 
-    /// The bypass reason for `s`, or `None` if the recipient is to be greylisted.
+    /// The bypass reason for `s`, or `None` if the recipient is to be greylisted:
+    /// [`WhitelistSet::check_builtin`], then [`WhitelistSet::check_lists`].
     pub fn check(&self, s: &Subject<'_>) -> Option<BypassReason> {
+        self.check_builtin(s).or_else(|| self.check_lists(s))
+    }
+
+    /// The bypasses checked before `[[acl]]` rules: non-IP and loopback clients, local
+    /// networks, authenticated clients, `postmaster@`/`abuse@`, opt-out and opt-in.
+    pub fn check_builtin(&self, s: &Subject<'_>) -> Option<BypassReason> {
         let Some(ip) = s.client_ip else {
             return Some(BypassReason::NonIpClient);
         };
@@ -336,6 +343,14 @@ impl WhitelistSet {
         if !self.opt_in.is_empty() && !self.opt_in.matches(rcpt) {
             return Some(BypassReason::NotOptedIn);
         }
+        None
+    }
+
+    /// The whitelist lists, checked after `[[acl]]` rules that did not decide: client
+    /// networks, host names, senders, recipients and regular expressions.
+    pub fn check_lists(&self, s: &Subject<'_>) -> Option<BypassReason> {
+        let ip = canonical_ip(s.client_ip?);
+        let rcpt = s.recipient;
         if self.networks.contains(ip) {
             return Some(BypassReason::ClientNetwork);
         }

@@ -46,6 +46,6 @@ pub fn ctx<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> RcptContext<'a> {
         auth_authen: None,
         sender,
         recipient: rcpt,
-        queue_id: None,
+        ..RcptContext::default()
     }
 }
