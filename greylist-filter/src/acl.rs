@@ -862,3 +862,302 @@ pub fn rule_reply(rule: &Rule, base: &crate::engine::SmtpReply) -> Arc<crate::en
         text: rule.msg.clone().unwrap_or_else(|| base.text.clone()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, Vec<crate::config::ConfigError>> {
+        Config::parse(text, Path::new("acl.toml"))
+    }
+
+    fn set(text: &str) -> AclSet {
+        AclSet::new(&parse(text).unwrap().acl)
+    }
+
+    fn facts<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> Facts<'a> {
+        Facts {
+            client_ip: ip.parse().unwrap(),
+            client_name: None,
+            helo: None,
+            sender,
+            recipient: rcpt,
+            auth: None,
+            macros: &[],
+            rcpt_count: 1,
+        }
+    }
+
+    /// The name and action of the deciding rule, or "-".
+    fn decided(s: &AclSet, f: &Facts<'_>) -> String {
+        let out = tokio_test_block_on(s.evaluate(f, None));
+        out.rule.map_or_else(
+            || "-".to_owned(),
+            |r| format!("{} {}", r.name, r.action.name()),
+        )
+    }
+
+    fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const RULES: &str = r#"
+[[acl]]
+name = "partners"
+action = "whitelist"
+addr = ["192.0.2.0/24", "2001:db8::/32"]
+
+[[acl]]
+name = "spam-sender"
+action = "blacklist"
+from = ["/^spam@/", "bad.example"]
+code = 554
+msg = "Go away"
+
+[[acl]]
+name = "sales"
+action = "greylist"
+rcpt = ["sales@example.net", "sales@"]
+not = { domain = ["trusted.example"] }
+delay = "1h"
+autowhite = "3d"
+
+[[acl]]
+name = "big-mailing"
+action = "greylist"
+rcptcount = "> 2"
+
+[[acl]]
+action = "continue"
+addr = ["203.0.113.0/24"]
+flushaddr = true
+
+[[acl]]
+action = "whitelist"
+helo = ["/^mx[0-9]+\\.friendly\\.example$/"]
+"#;
+
+    #[test]
+    fn first_match_wins_in_order() {
+        let s = set(RULES);
+        assert_eq!(s.rules().len(), 6);
+        // Inside the partners' network even a blacklisted sender is whitelisted.
+        assert_eq!(
+            decided(&s, &facts("192.0.2.9", "spam@x.example", "a@example.net")),
+            "partners whitelist"
+        );
+        assert_eq!(
+            decided(&s, &facts("2001:db8::5", "a@b.example", "a@example.net")),
+            "partners whitelist"
+        );
+        for sender in [
+            "spam@x.example",
+            "<SPAM@x.example>",
+            "u@bad.example",
+            "u@mx.bad.example",
+        ] {
+            assert_eq!(
+                decided(&s, &facts("198.51.100.1", sender, "a@example.net")),
+                "spam-sender blacklist",
+                "{sender}"
+            );
+        }
+        // A domain literal matches on label boundaries only.
+        assert_eq!(
+            decided(
+                &s,
+                &facts("198.51.100.1", "u@notbad.example", "a@example.net")
+            ),
+            "-"
+        );
+        // `sales@` is a local part in any domain.
+        assert_eq!(
+            decided(
+                &s,
+                &facts("198.51.100.1", "u@c.example", "sales@other.example")
+            ),
+            "sales greylist"
+        );
+        let r = &s.rules()[2];
+        assert_eq!((r.delay, r.autowhite), (Some(3600), Some(3 * 86_400)));
+        assert_eq!(s.rules()[1].code, Some(554));
+        assert_eq!(s.rules()[4].name, "acl#5");
+    }
+
+    #[test]
+    fn not_default_continue_counts_and_names() {
+        let s = set(RULES);
+        let mut f = facts("198.51.100.1", "u@c.example", "sales@example.net");
+        f.client_name = Some("mail.trusted.example");
+        // `not` excludes the trusted domain from the sales rule.
+        assert_eq!(decided(&s, &f), "-");
+        f.client_name = Some("mail.untrusted.example");
+        assert_eq!(decided(&s, &f), "sales greylist");
+        // The third recipient of a transaction.
+        let mut f = facts("198.51.100.1", "u@c.example", "x@example.net");
+        f.rcpt_count = 2;
+        assert_eq!(decided(&s, &f), "-");
+        f.rcpt_count = 3;
+        assert_eq!(decided(&s, &f), "big-mailing greylist");
+        // A continue rule flushes but does not decide; the next rule still can.
+        let mut f = facts("203.0.113.7", "u@c.example", "x@example.net");
+        f.helo = Some("MX12.friendly.example");
+        let out = tokio_test_block_on(s.evaluate(&f, None));
+        assert!(out.flush);
+        assert_eq!(out.rule.map(|r| r.name.as_str()), Some("acl#6"));
+        f.helo = Some("mx12.friendly.example.evil");
+        let out = tokio_test_block_on(s.evaluate(&f, None));
+        assert!(out.flush && out.rule.is_none());
+        // Nothing matches and nothing is flushed.
+        let out = tokio_test_block_on(s.evaluate(&facts("198.51.100.1", "a@b", "c@d"), None));
+        assert!(!out.flush && out.rule.is_none());
+        assert!(s.uses_helo() && !s.uses_dns());
+        assert!(s.macro_names().is_empty());
+    }
+
+    #[test]
+    fn auth_tls_macros_and_normalised_senders() {
+        let s = set(r#"
+[[acl]]
+name = "batv"
+action = "whitelist"
+from = ["news@lists.example"]
+
+[[acl]]
+name = "alice"
+action = "whitelist"
+auth = ["Alice"]
+
+[[acl]]
+name = "cert"
+action = "whitelist"
+tls = ["/CN=relay\\.example$/"]
+
+[[acl]]
+name = "orig"
+action = "blacklist"
+macro = [{ name = "{daemon_name}", value = "ORIGINATING" }]
+
+[[acl]]
+name = "no-verify"
+action = "greylist"
+macro = [{ name = "verify", unset = true }]
+"#);
+        assert_eq!(
+            s.macro_names(),
+            vec!["{cert_subject}", "{daemon_name}", "verify"]
+        );
+        // BATV and +ext are stripped for literal matches.
+        for sender in ["prvs=1234abcd=news@lists.example", "news+x@lists.example"] {
+            assert_eq!(
+                decided(&s, &facts("198.51.100.1", sender, "a@example.net")),
+                "batv whitelist"
+            );
+        }
+        let mut f = facts("198.51.100.1", "a@b.example", "c@example.net");
+        f.auth = Some("alice");
+        assert_eq!(decided(&s, &f), "alice whitelist");
+        let m = [(
+            "{cert_subject}".to_owned(),
+            "/C=FI/CN=relay.example".to_owned(),
+        )];
+        let mut f = facts("198.51.100.1", "a@b.example", "c@example.net");
+        f.macros = &m;
+        assert_eq!(decided(&s, &f), "cert whitelist");
+        // `{daemon_name}` and `daemon_name` are the same macro; values are exact.
+        let m = [("daemon_name".to_owned(), "ORIGINATING".to_owned())];
+        f.macros = &m;
+        assert_eq!(decided(&s, &f), "orig blacklist");
+        let m = [
+            ("daemon_name".to_owned(), "originating".to_owned()),
+            ("{verify}".to_owned(), "OK".to_owned()),
+        ];
+        f.macros = &m;
+        assert_eq!(decided(&s, &f), "-");
+        f.macros = &[];
+        assert_eq!(decided(&s, &f), "no-verify greylist");
+    }
+
+    #[test]
+    fn counts() {
+        let c = |s: &str| CountCmp::parse(s).unwrap();
+        assert!(c("> 10").holds(11) && !c("> 10").holds(10));
+        assert!(c(">=10").holds(10) && c("<= 1").holds(1) && c("<2").holds(1));
+        assert!(c("== 3").holds(3) && c("3").holds(3) && c("!= 3").holds(4));
+        assert!(CountCmp::parse("> x").is_none() && CountCmp::parse("~ 3").is_none());
+        assert_eq!(c(">= 7").to_string(), ">= 7");
+    }
+
+    /// (line, message fragment) of every error `text` gives.
+    fn errors(text: &str) -> Vec<(usize, String)> {
+        parse(text)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.line, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn bad_rules_are_located() {
+        let e = errors(
+            "[greylist]\ndelay = \"5m\"\n\n[[acl]]\naction = \"whitelist\"\naddr = [\"10.0.0.0/8\"]\n\n\
+             [[acl]]\naction = \"greylist\"\nfrom = [\"a@b\"]\ndelay = \"2d\"\n\n\
+             [[acl]]\naction = \"whitelist\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].0, 11);
+        assert!(
+            e[0].1.contains("acl#2: delay (172800s) must be shorter"),
+            "{e:?}"
+        );
+        assert_eq!(e[1].0, 13);
+        assert!(e[1].1.contains("acl#3: no clause"), "{e:?}");
+
+        let e = errors(
+            "[[acl]]\naction = \"blacklist\"\ndefault = true\ncode = 451\necode = \"4.7.1\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].0, 4);
+        assert!(e[0].1.contains("code 451 must be 5xx"), "{e:?}");
+        assert_eq!(e[1].0, 5);
+        assert!(
+            e[1].1
+                .contains("ecode \"4.7.1\" must be an enhanced code 5.x.y"),
+            "{e:?}"
+        );
+
+        let e = errors(
+            "[[acl]]\nname = \"x\"\naction = \"whitelist\"\ndefault = true\nmsg = \"hi\"\n\
+             [[acl]]\nname = \"x\"\naction = \"continue\"\nfrom = [\"a@b\"]\ndelay = \"1m\"\n\
+             macro = [{ name = \"{a b}\", value = \"1\" }, { name = \"v\" }]\nnot = {}\n",
+        );
+        let lines: Vec<usize> = e.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [5, 7, 12, 11, 11, 10], "{e:?}");
+        assert!(e[0].1.contains("msg is only for greylist and blacklist"));
+        assert!(e[1].1.contains("name \"x\" is used twice"));
+        assert!(e[2].1.contains("not = {} has no clause"));
+        assert!(e[3].1.contains("invalid macro name \"{a b}\""));
+        assert!(e[4].1.contains("needs either value"));
+        assert!(e[5].1.contains("delay is only for greylist rules"));
+
+        // Type errors come from the parser, located at the value.
+        let e = errors("[[acl]]\naction = \"allow\"\ndefault = true\n");
+        assert_eq!(e[0].0, 2);
+        assert!(e[0].1.contains("unknown variant `allow`"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\nfrom = [\"/a(/\"]\n");
+        assert_eq!(e[0].0, 3);
+        assert!(e[0].1.contains("invalid regular expression"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\nrcptcount = \"about 3\"\n");
+        assert!(e[0].1.contains("invalid comparison"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\nsender = [\"a@b\"]\n");
+        assert!(e[0].1.contains("unknown field `sender`"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\naddr = [\"10.0.0.300\"]\n");
+        assert!(e[0].1.contains("invalid network"), "{e:?}");
+    }
+}

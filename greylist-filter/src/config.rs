@@ -438,10 +438,11 @@ pub struct WhitelistConfig {
     /// by the MTA (`{client_name}`), or only the forward-confirmed name with
     /// `[dns] fcrdns = true`.
     pub hosts: Vec<String>,
-    /// Sender addresses (`user@example.com`) or domains (`example.com`, `@example.com`).
-    /// Senders are forgeable: prefer network or host entries.
+    /// Sender addresses (`user@example.com`), local parts in any domain (`user@`) or
+    /// domains (`example.com`, `@example.com`). Senders are forgeable: prefer network or
+    /// host entries.
     pub senders: Vec<String>,
-    /// Recipient addresses or domains that are never greylisted.
+    /// Recipient addresses, local parts (`user@`) or domains that are never greylisted.
     pub recipients: Vec<String>,
     /// Regular expressions (case-insensitive) on the raw sender.
     pub sender_regex: Vec<Pattern>,

@@ -137,10 +137,12 @@ impl DomainSet {
     }
 }
 
-/// Addresses (`user@domain`) and domains (`domain`, `@domain`, subdomains included).
+/// Addresses (`user@domain`), local parts (`user@`, in any domain) and domains
+/// (`domain`, `@domain`, subdomains included).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AddrSet {
     addresses: HashSet<String>,
+    local_parts: HashSet<String>,
     domains: DomainSet,
 }
 
@@ -149,6 +151,8 @@ impl AddrSet {
         let e = entry.trim().trim_start_matches('<').trim_end_matches('>');
         if let Some(d) = e.strip_prefix('@') {
             self.domains.insert(d);
+        } else if let Some(l) = e.strip_suffix('@') {
+            self.local_parts.insert(l.to_lowercase());
         } else if e.contains('@') {
             self.addresses.insert(e.to_lowercase());
         } else {
@@ -157,7 +161,7 @@ impl AddrSet {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.domains.0.is_empty()
+        self.addresses.is_empty() && self.local_parts.is_empty() && self.domains.0.is_empty()
     }
 
     /// `addr` must already be lower case.
@@ -166,7 +170,7 @@ impl AddrSet {
             return true;
         }
         match addr.rsplit_once('@') {
-            Some((_, d)) => self.domains.matches(d),
+            Some((l, d)) => self.local_parts.contains(l) || self.domains.matches(d),
             None => false,
         }
     }
@@ -543,7 +547,7 @@ authenticated = false
 local_networks = ["10.0.0.0/8"]
 networks = ["192.0.2.0/24", "2001:db8::/32", "203.0.113.9"]
 hosts = ["outbound.protection.outlook.com", "mx.example.org"]
-senders = ["alerts@example.com", "@trusted.example", "partner.example"]
+senders = ["alerts@example.com", "@trusted.example", "partner.example", "mailer-daemon@"]
 recipients = ["vip@example.net", "@nogrey.example"]
 sender_regex = ["^bounce-.*@lists\\."]
 recipient_regex = ["^sales-"]
@@ -614,6 +618,15 @@ opt_out = ["optout@example.net"]
         assert_eq!(
             check("198.51.100.1", None, "a@mail.trusted.example", r),
             Some(BypassReason::Sender)
+        );
+        // A local part in any domain, and only as the whole local part.
+        assert_eq!(
+            check("198.51.100.1", None, "MAILER-DAEMON@x.example", r),
+            Some(BypassReason::Sender)
+        );
+        assert_eq!(
+            check("198.51.100.1", None, "mailer-daemon2@x.example", r),
+            None
         );
         assert_eq!(
             check("198.51.100.1", None, "a@partner.example", r),
