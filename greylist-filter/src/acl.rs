@@ -36,7 +36,7 @@
 //! | `rcpt` | the envelope recipient | as `from` |
 //! | `auth` | the SMTP AUTH user (`{auth_authen}`) | user (case-insensitive) or `/regex/` |
 //! | `tls` | the client certificate subject (`{cert_subject}`) | exact subject or `/regex/` |
-//! | `dnsrbl` | the client is listed in one of the DNS zones (an A record in 127.0.0.0/8) | zone |
+//! | `dnsrbl` | the client is listed in one of the DNS zones (an answer in 127.0.0.0/8 other than 127.255.255.x) | zone |
 //! | `macro` | an MTA macro has a value (or is not set) | `{ name = "{daemon_name}", value = "ORIG" }`, value `/regex/`, or `{ name = "...", unset = true }` |
 //! | `rcptcount` | the number of recipients of the transaction so far, this one included | `"> 10"`, ops `<`, `<=`, `>`, `>=`, `==`, `!=` |
 //! | `not` | none of the clauses in it matches | a table of the clauses above |
@@ -1082,6 +1082,29 @@ macro = [{ name = "verify", unset = true }]
         assert_eq!(decided(&s, &f), "-");
         f.macros = &[];
         assert_eq!(decided(&s, &f), "no-verify greylist");
+    }
+
+    /// The README's example rules parse and do what their comments say.
+    #[test]
+    fn readme_example() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Access rules").nth(1).unwrap();
+        let block = section.split("```toml\n").nth(1).unwrap();
+        let block = block.split("```").next().unwrap();
+        let s = set(block);
+        assert_eq!(s.rules().len(), 5);
+        let mut f = facts("198.51.100.1", "a@b.example", "c@example.net");
+        f.helo = Some("ylmf-pc");
+        assert_eq!(decided(&s, &f), "acl#2 blacklist");
+        let m = [("{daemon_name}".to_owned(), "ORIGINATING".to_owned())];
+        let mut f = facts("198.51.100.1", "a@b.example", "c@example.net");
+        f.macros = &m;
+        assert_eq!(decided(&s, &f), "acl#4 whitelist");
+        f.macros = &[];
+        f.rcpt_count = 21;
+        assert_eq!(decided(&s, &f), "acl#5 greylist");
+        assert_eq!(s.rules()[4].code, Some(450));
+        assert!(s.uses_dns() && s.uses_helo());
     }
 
     #[test]
