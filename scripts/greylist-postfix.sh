@@ -15,6 +15,11 @@
 #    "451 4.7.1 Greylisted, ...". It retries every second (bounded) until the
 #    delay is over: the message must be queued (250) and reach smtp-sink with an
 #    X-Greylist header.
+# 4. Two [[acl]] rules of the filter's configuration, which need what Postfix
+#    sends only on request: a HELO name (the HELO stage) and {mail_addr} at RCPT
+#    (the filter asks for {auth_authen} alone at MAIL). A message with HELO
+#    bad-helo.example and one from mallory@example.org must each get the rule's
+#    550 at RCPT.
 # Stops everything it started. Prints PASS/FAIL per check and, on failure, the
 # SMTP transcripts and logs; exits non-zero if any check failed.
 # Env: SHARED (the shared directory, default ../shared from the repository),
@@ -37,10 +42,12 @@ DELAY=2s
 die() { echo "greylist-postfix: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "must run as root (Postfix needs it)"
 [ -x "$HARNESS/postfix-start.sh" ] || die "harness not found at $HARNESS (set SHARED=)"
-if ! command -v swaks >/dev/null; then
-  apt-cache policy swaks 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks >/dev/null
-fi
+for pkg in swaks postfix; do  # postfix: its user owns the socket before the harness starts it
+  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+  fi
+done
 
 WORK=$(mktemp -d /tmp/greylist-postfix.XXXXXX)
 chmod 755 "$WORK"                 # user postfix must reach the socket
@@ -88,9 +95,24 @@ else
 fi
 [ -x "$BIN" ] || die "no binary at $BIN"
 
+cat >"$WORK/greylist.toml" <<'TOML'
+[[acl]]
+name = "bad-helo"
+action = "blacklist"
+helo = ["/^bad-helo\\./"]
+msg = "Bad HELO"
+
+[[acl]]
+name = "mallory"
+action = "blacklist"
+macro = [{ name = "{mail_addr}", value = "/^mallory@/" }]
+code = 554
+ecode = "5.7.0"
+msg = "Not from Mallory"
+TOML
 echo "== starting greylist-filter on unix:$SOCKET (delay $DELAY)"
 "$BIN" --listen "unix:$SOCKET" --socket-owner postfix:postfix --socket-mode 660 \
-  --user nobody --delay "$DELAY" --store "$WORK/greylist.redb" \
+  --user nobody --delay "$DELAY" --store "$WORK/greylist.redb" --config "$WORK/greylist.toml" \
   >"$WORK/greylist.log" 2>&1 &
 GL_PID=$!
 for _ in $(seq 1 300); do
@@ -110,10 +132,10 @@ SINK_PID=$!
 echo "== starting Postfix on 127.0.0.1:$PF_PORT"
 "$HARNESS/postfix-start.sh" "unix:$SOCKET"
 
-send() {  # send OUTFILE: one message from 192.0.2.10 (via XCLIENT)
+send() {  # send OUTFILE [HELO [FROM]]: one message from 192.0.2.10 (via XCLIENT)
   swaks --server "127.0.0.1:$PF_PORT" --timeout 30 \
     --xclient-addr 192.0.2.10 --xclient-name mail.example.org \
-    --helo mail.example.org --from alice@example.org --to bob@example.net \
+    --helo "${2:-mail.example.org}" --from "${3:-alice@example.org}" --to bob@example.net \
     --header "Subject: greylist interop" --body "Hello from the greylist test." \
     >"$1" 2>&1 || true
 }
@@ -164,6 +186,33 @@ if [ "$accepted" = 1 ]; then
     fail "no message with X-Greylist reached smtp-sink within 30 s"
     ls -l "$SINKDIR"
   fi
+fi
+
+# ---------------------------------------------------------------- 4: [[acl]] rules
+rcpt_reply_of() {  # the server's reply to RCPT TO in a swaks transcript
+  grep -A1 -E '^ *[~-]> RCPT TO:<bob@example.net>' "$1" | tail -n 1 | sed 's/^ *<\*\* *//' || true
+}
+echo "== [[acl]] rules"
+send "$WORK/swaks.helo" bad-helo.example
+got=$(rcpt_reply_of "$WORK/swaks.helo")
+if [[ "$got" == "550 5.7.1 Bad HELO"* ]]; then
+  pass "HELO rule: RCPT answered '$got'"
+else
+  fail "HELO rule: expected 550 5.7.1 Bad HELO at RCPT, got '$got'"
+  echo "---- swaks transcript"; cat "$WORK/swaks.helo"
+fi
+send "$WORK/swaks.macro" mail.example.org mallory@example.org
+got=$(rcpt_reply_of "$WORK/swaks.macro")
+if [[ "$got" == "554 5.7.0 Not from Mallory"* ]]; then
+  pass "macro rule ({mail_addr} requested at RCPT): RCPT answered '$got'"
+else
+  fail "macro rule: expected 554 5.7.0 Not from Mallory at RCPT, got '$got'"
+  echo "---- swaks transcript"; cat "$WORK/swaks.macro"
+fi
+if grep -q 'acl="mallory"' "$WORK/greylist.log"; then
+  pass "the decision line names the rule"
+else
+  fail "no decision line with acl=\"mallory\""
 fi
 
 echo
