@@ -7,6 +7,8 @@
 //!   redb read transaction).
 //! - `new_tuples`: first attempts of never-seen tuples, each one a write that the store
 //!   group-commits in the background. Target ≥ 50,000/s.
+//! - `auto_whitelisted_10_acl_rules`: `auto_whitelisted` behind ten `[[acl]]` rules that
+//!   all have to be tried (none matches), for the cost of the rules.
 //!
 //! `cargo bench -p greylist-filter --bench engine`
 
@@ -35,8 +37,45 @@ fn rcpt(i: u32) -> String {
     format!("user{i}@example.net")
 }
 
-fn make_engine(store: &Arc<dyn Store>, cache_entries: usize) -> Engine {
-    let mut config = Config::default();
+/// Ten rules of the usual kinds, none matching the benchmark's mail.
+const RULES: &str = r#"
+[[acl]]
+action = "whitelist"
+addr = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32", "203.0.113.7"]
+[[acl]]
+action = "blacklist"
+from = ["/^(offers|promo|deals)[0-9]*@/", "spam.example", "@bulk.example"]
+[[acl]]
+action = "blacklist"
+helo = ["/^(localhost|ylmf-pc|user)$/"]
+[[acl]]
+action = "whitelist"
+rcpt = ["postmaster@", "hostmaster@example.net", "@lists.example.net"]
+[[acl]]
+action = "greylist"
+rcptcount = "> 50"
+delay = "1h"
+[[acl]]
+action = "whitelist"
+domain = ["google.com", "outlook.com", '/^mail-[a-z0-9-]+\.example\.com$/']
+[[acl]]
+action = "whitelist"
+auth = ["/./"]
+[[acl]]
+action = "whitelist"
+macro = [{ name = "{daemon_name}", value = "ORIGINATING" }]
+[[acl]]
+action = "greylist"
+rcpt = ["sales@example.net"]
+not = { addr = ["10.0.0.0/8"] }
+delay = "1h"
+[[acl]]
+action = "blacklist"
+from = ['/@[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/']
+"#;
+
+fn make_engine(store: &Arc<dyn Store>, cache_entries: usize, acl: &str) -> Engine {
+    let mut config = Config::parse(acl, Path::new("bench.toml")).unwrap();
     config.store.cache_entries = cache_entries;
     Engine::new(
         &config,
@@ -73,8 +112,9 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("bench.redb")).unwrap());
     // The daemon's default: a read cache of 100,000 auto-whitelisted tuples.
-    let engine = make_engine(&store, Config::default().store.cache_entries);
-    let uncached = make_engine(&store, 0);
+    let engine = make_engine(&store, Config::default().store.cache_entries, "");
+    let uncached = make_engine(&store, 0, "");
+    let with_rules = make_engine(&store, Config::default().store.cache_entries, RULES);
     let now = greylist_filter::clock::Clock::now(&SystemClock);
     let config = Config::default();
     rt.block_on(async {
@@ -118,6 +158,9 @@ fn bench(c: &mut Criterion) {
     // The same lookups straight from redb (cache off), for comparison.
     g.bench_function("auto_whitelisted_uncached", |b| {
         b.iter(|| known(&uncached, &rt, &rcpts, &mut n));
+    });
+    g.bench_function("auto_whitelisted_10_acl_rules", |b| {
+        b.iter(|| known(&with_rules, &rt, &rcpts, &mut n));
     });
 
     let mut fresh = 0u64;
