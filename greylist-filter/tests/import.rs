@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use greylist_filter::acl::{AclAction, AclSet, Facts, Matcher};
 use greylist_filter::config::Config;
-use greylist_filter::import::{DumpKind, import_conf, import_db, import_into};
+use greylist_filter::import::{DumpKind, ImportWarning, import_conf, import_db, import_into};
 use greylist_filter::policy::Params;
 use greylist_filter::record::TupleState;
 use greylist_filter::store::{MemoryStore, Store};
@@ -13,11 +14,69 @@ use greylist_filter::tuple::{Key, Network};
 const CONF: &str = include_str!("data/greylist.conf");
 const DUMP: &str = include_str!("data/greylist.db");
 
-#[test]
-fn conf_translates_to_valid_toml() {
-    let r = import_conf(CONF);
+/// Imports `conf`; the TOML must parse with the daemon's own parser.
+fn import(conf: &str) -> (Config, Vec<ImportWarning>) {
+    let r = import_conf(conf);
     let c = Config::parse(&r.toml, Path::new("imported.toml"))
         .unwrap_or_else(|e| panic!("{e:?}\n{}", r.toml));
+    (c, r.warnings)
+}
+
+/// The 1-based line of the sample that starts with `needle`.
+fn line_of(needle: &str) -> usize {
+    CONF.lines()
+        .position(|l| l.starts_with(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in sample"))
+}
+
+/// The warnings of `line`.
+fn warnings_of(w: &[ImportWarning], line: usize) -> Vec<&str> {
+    w.iter()
+        .filter(|w| w.line == line)
+        .map(|w| w.message.as_str())
+        .collect()
+}
+
+/// The texts of a clause's entries (`/regex/` for a regular expression).
+fn texts(m: &[Matcher]) -> Vec<String> {
+    m.iter()
+        .map(|m| match m {
+            Matcher::Literal(l) => l.clone(),
+            Matcher::Regex(p) => format!("/{}/", p.0.as_str()),
+        })
+        .collect()
+}
+
+fn nets(c: &[greylist_filter::config::Cidr]) -> Vec<String> {
+    c.iter().map(|n| n.0.to_string()).collect()
+}
+
+/// The rule that decides for one recipient (no DNS): its name and action.
+async fn decide(
+    set: &AclSet,
+    ip: &str,
+    sender: &str,
+    rcpt: &str,
+    rcpt_count: u64,
+) -> Option<(String, AclAction)> {
+    let f = Facts {
+        client_ip: ip.parse().unwrap(),
+        client_name: None,
+        helo: None,
+        sender,
+        recipient: rcpt,
+        auth: None,
+        macros: &[],
+        rcpt_count,
+    };
+    let out = set.evaluate(&f, None).await;
+    out.rule.map(|r| (r.name.clone(), r.action))
+}
+
+#[test]
+fn conf_translates_to_valid_toml() {
+    let (c, _) = import(CONF);
     assert_eq!(c.greylist.delay.0, 15 * 60);
     assert_eq!(c.greylist.auto_whitelist.0, 3 * 86_400);
     assert_eq!(
@@ -31,57 +90,88 @@ fn conf_translates_to_valid_toml() {
         "unix:/var/run/milter-greylist/milter-greylist.sock"
     );
     assert_eq!(c.milter.mode(), Some(0o660));
+    assert!(
+        !c.whitelist.authenticated,
+        "an auth clause turns off the authenticated bypass, as in milter-greylist"
+    );
+    // racl lines are rules now, not [whitelist] entries.
+    assert!(c.whitelist.networks.is_empty() && c.whitelist.senders.is_empty());
 
-    let nets: Vec<String> = c
-        .whitelist
-        .networks
-        .iter()
-        .map(|n| n.0.to_string())
-        .collect();
-    for want in [
-        "127.0.0.0/8",
-        "10.0.0.0/8",
-        "192.0.2.0/24",
-        "12.5.136.141/32",
-        "64.12.137.0/24",
-        "66.94.237.0/24",
-        "198.51.100.7/32",
-    ] {
-        assert!(nets.contains(&want.to_owned()), "{want} in {nets:?}");
-    }
-    assert_eq!(c.whitelist.hosts, vec!["mta.example.net"]);
+    let a = &c.acl;
+    assert_eq!(a.len(), 20, "{a:#?}");
     assert_eq!(
-        c.whitelist.senders,
-        vec![
-            "billing@example.org",
-            "friend@example.org",
-            "@partner.example"
-        ]
+        nets(&a[0].addr),
+        ["127.0.0.0/8", "10.0.0.0/8", "192.0.2.0/24"]
     );
-    assert_eq!(c.whitelist.recipients, vec!["postmaster@example.com"]);
-    assert_eq!(c.whitelist.sender_regex.len(), 1);
-    assert!(
-        c.whitelist.sender_regex[0]
-            .0
-            .is_match("newsletter@mail.example.com")
+    assert_eq!(
+        nets(&a[1].addr),
+        ["12.5.136.141/32", "64.12.137.0/24", "66.94.237.0/24"]
     );
-    assert!(
-        c.whitelist.recipient_regex[0]
-            .0
-            .is_match("abuse@example.com")
+    assert_eq!(a[2].name.as_deref(), Some("office"));
+    assert_eq!(nets(&a[2].addr), ["198.51.100.7/32"]);
+    assert_eq!(texts(&a[3].domain), ["mta.example.net"]);
+    assert_eq!(texts(&a[4].from), [r"/^newsletter@.*\.example\.com$/"]);
+    assert_eq!(texts(&a[5].from), ["billing@example.org"]);
+    assert_eq!(
+        texts(&a[6].from),
+        ["friend@example.org", "@partner.example"]
     );
+    assert_eq!(texts(&a[7].rcpt), ["postmaster@example.com"]);
+    assert_eq!(texts(&a[8].rcpt), ["/^abuse@/"]);
+    assert!(a[..9].iter().all(|r| r.action == AclAction::Whitelist));
+
+    // continue dnsrbl "spamhaus" flushaddr nolog
+    assert_eq!(a[9].action, AclAction::Continue);
+    assert_eq!(a[9].dnsrbl, ["zen.spamhaus.org"]);
+    assert!(a[9].flushaddr && a[9].nolog);
+    // "spammers" blacklist dnsrbl "spamhaus" not list "friends" code ecode msg
+    let r = &a[10];
+    assert_eq!(
+        (r.name.as_deref(), r.action),
+        (Some("spammers"), AclAction::Blacklist)
+    );
+    let not = r.not.as_ref().unwrap();
+    assert_eq!(texts(&not.from), ["friend@example.org", "@partner.example"]);
+    assert_eq!(
+        (r.code, r.ecode.as_deref(), r.msg.as_deref()),
+        (Some(550), Some("5.7.1"), Some("Rejected: %i is listed"))
+    );
+    assert_eq!(a[11].rcptcount.unwrap().to_string(), ">= 25");
+    assert_eq!(a[12].macros[0].name, "{daemon_name}");
+    assert!(matches!(&a[12].macros[0].value, Some(Matcher::Regex(p)) if p.0.as_str() == "^ORIG"));
+    assert_eq!(
+        a[13].macros[0].value,
+        Some(Matcher::Literal("FORGED".into()))
+    );
+    assert_eq!(a[13].delay.map(|d| d.0), Some(3600));
+    assert_eq!(a[14].dnsrbl, ["dnsbl.sorbs.net"]);
+    // list "dialup" (a domain list with a regex) not sm_macro "no auth" (unset)
+    assert_eq!(
+        texts(&a[15].domain),
+        [r"/^dsl-.*\.example\.net$/", "dyn.example.net"]
+    );
+    let not = a[15].not.as_ref().unwrap();
+    assert!(not.macros[0].unset && not.macros[0].name == "{auth_type}");
+    assert_eq!(a[16].dnsrbl, ["bl.example.org"]);
+    // greylist rcpt sales@ not auth /./ (report dropped)
+    assert_eq!(texts(&a[17].rcpt), ["sales@example.com"]);
+    assert_eq!(texts(&a[17].not.as_ref().unwrap().auth), ["/./"]);
+    assert_eq!(
+        (a[18].delay.map(|d| d.0), a[18].autowhite.map(|d| d.0)),
+        (Some(1800), Some(86_400))
+    );
+    assert_eq!(
+        texts(&a[18].rcpt),
+        ["user1@example.com", "user2@example.com"]
+    );
+    // `racl greylist default` is kept, last, as written.
+    let last = c.acl.last().unwrap();
+    assert!(last.default && last.action == AclAction::Greylist);
 }
 
 #[test]
 fn conf_warns_once_per_unsupported_line() {
-    let r = import_conf(CONF);
-    let lines: Vec<usize> = r.warnings.iter().map(|w| w.line).collect();
-    let line_of = |needle: &str| {
-        CONF.lines()
-            .position(|l| l.starts_with(needle))
-            .map(|i| i + 1)
-            .unwrap_or_else(|| panic!("{needle} not in sample"))
-    };
+    let (_, w) = import(CONF);
     for needle in [
         "pidfile",
         "dumpfile",
@@ -89,50 +179,139 @@ fn conf_warns_once_per_unsupported_line() {
         "user",
         "nospf",
         "lazyaw",
-        "racl whitelist dnsrbl",
+        "racl whitelist from /^newsletter",
+        "racl whitelist rcpt /^abuse",
+        "racl \"spammers\"",
+        "racl greylist dnsrbl \"any answer\"",
         "racl whitelist spf",
-        "racl greylist list",
+        "racl whitelist time",
+        "racl greylist rcpt sales",
+        "dacl",
     ] {
         let l = line_of(needle);
         assert_eq!(
-            lines.iter().filter(|&&x| x == l).count(),
+            warnings_of(&w, l).len(),
             1,
-            "one warning for line {l} ({needle}): {:?}",
-            r.warnings
+            "one warning for line {l} ({needle}): {w:?}"
         );
     }
-    // Translated lines and "racl greylist default" produce no warning.
+    // Translated lines, definitions and "racl greylist default" produce no warning.
     for needle in [
         "greylist 15m",
         "subnetmatch /24",
-        "racl whitelist addr",
-        "racl greylist default",
         "quiet",
+        "dnsrbl \"SORBS DUN\"",
+        "sm_macro \"maybe_forged\"",
+        "list \"my network\"",
+        "racl whitelist list \"my network\"",
+        "racl \"office\" whitelist addr",
+        "racl continue",
+        "racl blacklist rcptcount",
+        "racl greylist list \"dialup\"",
+        "racl greylist list \"grey users\"",
+        "racl greylist default",
     ] {
         assert!(
-            !lines.contains(&line_of(needle)),
-            "{needle}: {:?}",
-            r.warnings
+            warnings_of(&w, line_of(needle)).is_empty(),
+            "{needle}: {w:?}"
         );
     }
-    assert!(r.warnings.iter().all(|w| !w.message.is_empty()));
+    assert!(w.iter().all(|w| !w.message.is_empty()));
+    assert!(
+        w.windows(2).all(|p| p[0].line <= p[1].line),
+        "in line order"
+    );
+    let msg = |needle: &str| warnings_of(&w, line_of(needle)).join(" ");
+    assert!(msg("racl whitelist spf").contains("`spf` is not supported"));
+    assert!(msg("racl whitelist time").contains("`time` is not supported"));
+    assert!(msg("racl \"spammers\"").contains("%i"));
+    assert!(msg("racl greylist rcpt sales").contains("`report` is not supported"));
+    assert!(msg("racl greylist dnsrbl \"any answer\"").contains("0.0.0.0/0"));
+    assert!(msg("racl whitelist rcpt /^abuse").contains("angle brackets"));
+}
+
+#[tokio::test]
+async fn imported_rules_decide_in_order() {
+    let (c, _) = import(CONF);
+    let set = AclSet::new(&c.acl);
+    let d = |ip, from, rcpt, n| decide(&set, ip, from, rcpt, n);
+    let wl = AclAction::Whitelist;
+    // The own network is whitelisted first, whatever else matches later.
+    assert_eq!(
+        d("192.0.2.10", "x@example.net", "user1@example.com", 30).await,
+        Some(("acl#1".into(), wl))
+    );
+    // A named rule.
+    assert_eq!(
+        d("198.51.100.7", "x@example.net", "user1@example.com", 1).await,
+        Some(("office".into(), wl))
+    );
+    // postmaster@ is whitelisted before the recipient-count blacklist.
+    assert_eq!(
+        d("203.0.113.5", "x@example.net", "postmaster@example.com", 30).await,
+        Some(("acl#8".into(), wl))
+    );
+    // Too many recipients: rejected by the rcptcount rule, with its text.
+    let set2 = &set;
+    let f = Facts {
+        client_ip: "203.0.113.5".parse().unwrap(),
+        client_name: None,
+        helo: None,
+        sender: "x@example.net",
+        recipient: "someone@example.com",
+        auth: None,
+        macros: &[],
+        rcpt_count: 25,
+    };
+    let out = set2.evaluate(&f, None).await;
+    let r = out.rule.unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.action),
+        ("acl#12", AclAction::Blacklist)
+    );
+    assert_eq!(r.msg.as_deref(), Some("No more than 25 recipients, please"));
+    // A "grey users" recipient: greylisted with that rule's delay and auto-whitelist.
+    let f = Facts {
+        recipient: "user1@example.com",
+        rcpt_count: 1,
+        ..f
+    };
+    let out = set.evaluate(&f, None).await;
+    let r = out.rule.unwrap();
+    assert_eq!((r.name.as_str(), r.action), ("acl#19", AclAction::Greylist));
+    assert_eq!((r.delay, r.autowhite), (Some(1800), Some(86_400)));
+    // Anyone else: the final greylist default.
+    assert_eq!(
+        d("203.0.113.5", "x@example.net", "bob@example.com", 1).await,
+        Some(("acl#20".into(), AclAction::Greylist))
+    );
 }
 
 #[test]
 fn conf_edge_cases() {
-    let r = import_conf(
-        "racl whitelist default\nracl whitelist addr 192.0.2.1 rcpt x@y\nracl whitelist list \"nope\"\ngreylist soon\nsubnetmatch /40\nracl blacklist addr 1.2.3.4\n",
+    let (c, w) = import(
+        "racl whitelist default\nracl whitelist addr 192.0.2.1 rcpt x@y.example\nracl whitelist list \"nope\"\ngreylist soon\nsubnetmatch /40\nracl blacklist addr 1.2.3.4\n",
     );
-    assert_eq!(r.warnings.len(), 6, "{:?}", r.warnings);
     assert_eq!(
-        r.warnings.iter().map(|w| w.line).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6]
+        w.iter().map(|w| w.line).collect::<Vec<_>>(),
+        vec![3, 4, 5],
+        "{w:?}"
     );
-    assert!(Config::parse(&r.toml, Path::new("x")).is_ok(), "{}", r.toml);
+    assert!(w[0].message.contains("not defined before use"), "{w:?}");
+    // Rules keep their order, even after a default one (unreachable, as in milter-greylist).
+    let actions: Vec<AclAction> = c.acl.iter().map(|r| r.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AclAction::Whitelist,
+            AclAction::Whitelist,
+            AclAction::Blacklist
+        ]
+    );
+    assert!(c.acl[0].default);
     // Values with quotes and backslashes survive the TOML round trip.
-    let r = import_conf("racl whitelist rcpt /^a\\.b\"c@/\n");
-    let c = Config::parse(&r.toml, Path::new("x")).unwrap_or_else(|e| panic!("{e:?}\n{}", r.toml));
-    assert_eq!(c.whitelist.recipient_regex[0].0.as_str(), "^a\\.b\"c@");
+    let (c, w) = import("racl whitelist rcpt /^a\\.b\"c@/\n");
+    assert_eq!(texts(&c.acl[0].rcpt), ["/^a\\.b\"c@/"], "{w:?}");
 }
 
 #[test]
