@@ -315,6 +315,465 @@ fn conf_edge_cases() {
 }
 
 #[test]
+fn each_action_and_an_id() {
+    let (c, w) = import(
+        "racl whitelist addr 192.0.2.1\n\
+         racl greylist addr 192.0.2.2\n\
+         racl blacklist addr 192.0.2.3\n\
+         racl continue addr 192.0.2.4 flushaddr\n\
+         racl \"my id\" whitelist addr 192.0.2.5\n\
+         acl greylist addr 192.0.2.6\n\
+         RACL Whitelist: ADDR 192.0.2.7\n",
+    );
+    assert!(w.is_empty(), "{w:?}");
+    let actions: Vec<AclAction> = c.acl.iter().map(|r| r.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AclAction::Whitelist,
+            AclAction::Greylist,
+            AclAction::Blacklist,
+            AclAction::Continue,
+            AclAction::Whitelist,
+            AclAction::Greylist,
+            AclAction::Whitelist,
+        ]
+    );
+    assert_eq!(c.acl[4].name.as_deref(), Some("my id"));
+    assert!(
+        c.acl
+            .iter()
+            .enumerate()
+            .all(|(i, r)| i == 4 || r.name.is_none())
+    );
+}
+
+#[test]
+fn an_id_used_twice_is_made_unique() {
+    let (c, w) = import(
+        "racl \"a\" whitelist addr 192.0.2.1\nracl \"a\" whitelist addr 192.0.2.2\nracl \"acl#4\" whitelist addr 192.0.2.3\nracl greylist default\n",
+    );
+    let names: Vec<Option<&str>> = c.acl.iter().map(|r| r.name.as_deref()).collect();
+    assert_eq!(
+        names,
+        [Some("a"), Some("a (line 2)"), Some("acl#4 (line 3)"), None]
+    );
+    assert_eq!(
+        w.iter().map(|w| w.line).collect::<Vec<_>>(),
+        [2, 3],
+        "{w:?}"
+    );
+}
+
+#[tokio::test]
+async fn clauses_of_a_rule_must_all_match() {
+    let (c, w) = import(
+        "racl whitelist addr 192.0.2.0/24 from friend@example.org rcpt /^sales@/\nracl greylist default\n",
+    );
+    let r = &c.acl[0];
+    assert_eq!(nets(&r.addr), ["192.0.2.0/24"]);
+    assert_eq!(texts(&r.from), ["friend@example.org"]);
+    assert_eq!(texts(&r.rcpt), ["/^sales@/"]);
+    assert_eq!(w.len(), 1, "the anchored rcpt regex: {w:?}");
+    let set = AclSet::new(&c.acl);
+    let wl = Some(("acl#1".to_owned(), AclAction::Whitelist));
+    let gl = Some(("acl#2".to_owned(), AclAction::Greylist));
+    assert_eq!(
+        decide(
+            &set,
+            "192.0.2.9",
+            "friend@example.org",
+            "sales@example.com",
+            1
+        )
+        .await,
+        wl
+    );
+    assert_eq!(
+        decide(
+            &set,
+            "198.51.100.9",
+            "friend@example.org",
+            "sales@example.com",
+            1
+        )
+        .await,
+        gl
+    );
+    assert_eq!(
+        decide(
+            &set,
+            "192.0.2.9",
+            "other@example.org",
+            "sales@example.com",
+            1
+        )
+        .await,
+        gl
+    );
+    assert_eq!(
+        decide(
+            &set,
+            "192.0.2.9",
+            "friend@example.org",
+            "bob@example.com",
+            1
+        )
+        .await,
+        gl
+    );
+}
+
+#[tokio::test]
+async fn negated_clauses_go_to_the_not_table() {
+    let (c, w) = import(
+        "racl blacklist from /@spam\\.example>$/ not addr 10.0.0.0/8 not addr 192.0.2.0/24 ! rcpt postmaster@example.com no rcpt abuse@example.com\n",
+    );
+    assert_eq!(w.len(), 1, "the anchored regex: {w:?}");
+    let r = &c.acl[0];
+    assert_eq!(texts(&r.from), [r"/@spam\.example>$/"]);
+    let not = r.not.as_ref().unwrap();
+    assert_eq!(nets(&not.addr), ["10.0.0.0/8", "192.0.2.0/24"]);
+    assert_eq!(
+        texts(&not.rcpt),
+        ["postmaster@example.com", "abuse@example.com"]
+    );
+    // `not` before `default`, twice, or at the end: not translated.
+    for bad in [
+        "racl whitelist not default\n",
+        "racl whitelist not not addr 10.0.0.1\n",
+        "racl whitelist addr 10.0.0.1 not\n",
+    ] {
+        let (c, w) = import(bad);
+        assert!(c.acl.is_empty() && w.len() == 1, "{bad}: {w:?}");
+    }
+    // Two negated rcptcount clauses cannot be merged into one.
+    let (c, w) = import("racl blacklist rcpt x@example.com not rcptcount > 5 not rcptcount < 2\n");
+    assert!(
+        c.acl.is_empty() && w[0].message.contains("rcptcount"),
+        "{w:?}"
+    );
+    let set = AclSet::new(&[]);
+    assert!(
+        decide(&set, "10.0.0.1", "a@b.example", "c@d.example", 1)
+            .await
+            .is_none()
+    );
+}
+
+#[test]
+fn lists_expand_into_their_clause() {
+    let (c, w) = import(
+        "list \"nets\" addr { 192.0.2.0/24 2001:db8::/32 198.51.100.7 }\n\
+         list \"senders\" from { friend@example.org \"@partner.example\" /^news@/ }\n\
+         list \"rcpts\" rcpt { a@example.com b@example.com }\n\
+         list \"hosts\" domain { mx.example.net /^mail[0-9]*\\.example\\.org$/ }\n\
+         list \"helos\" helo { \"mx1.example.com\" }\n\
+         list \"users\" auth { \"alice\" }\n\
+         list \"countries\" geoip { \"FR\" }\n\
+         racl whitelist list \"nets\"\n\
+         racl whitelist list \"senders\" list \"rcpts\"\n\
+         racl whitelist list \"hosts\" not list \"nets\"\n\
+         racl whitelist list \"helos\" list \"users\"\n\
+         racl whitelist list \"countries\"\n\
+         racl whitelist addr 192.0.2.1 list \"nets\"\n",
+    );
+    assert_eq!(
+        nets(&c.acl[0].addr),
+        ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"]
+    );
+    assert_eq!(
+        texts(&c.acl[1].from),
+        ["friend@example.org", "@partner.example", "/^news@/"]
+    );
+    assert_eq!(texts(&c.acl[1].rcpt), ["a@example.com", "b@example.com"]);
+    assert_eq!(
+        texts(&c.acl[2].domain),
+        ["mx.example.net", r"/^mail[0-9]*\.example\.org$/"]
+    );
+    assert_eq!(nets(&c.acl[2].not.as_ref().unwrap().addr).len(), 3);
+    assert_eq!(texts(&c.acl[3].helo), ["mx1.example.com"]);
+    assert_eq!(texts(&c.acl[3].auth), ["alice"]);
+    assert_eq!(c.acl.len(), 4);
+    let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+    assert_eq!(lines, [9, 12, 13], "{w:?}");
+    assert!(w[1].message.contains("geoip list"), "{w:?}");
+    assert!(w[2].message.contains("two addr clauses"), "{w:?}");
+}
+
+#[test]
+fn dnsrbl_and_sm_macro_definitions() {
+    let (c, w) = import(
+        "dnsrbl \"SORBS DUN\" dnsbl.sorbs.net 127.0.0.10/32\n\
+         dnsrbl \"quoted\" \"bl.example.org\" \"127.0.0.2\"\n\
+         dnsrbl \"odd\" odd.example.org 10.0.0.1\n\
+         sm_macro \"forged\" \"{client_resolve}\" \"FORGED\"\n\
+         sm_macro \"orig\" \"{daemon_name}\" /^orig/\n\
+         sm_macro \"no verify\" \"{verify}\" unset\n\
+         list \"rbls\" dnsrbl { \"SORBS DUN\" \"quoted\" }\n\
+         list \"macros\" sm_macro { \"forged\" \"orig\" }\n\
+         racl greylist dnsrbl \"SORBS DUN\" delay 1h\n\
+         racl greylist dnsrbl \"odd\"\n\
+         racl greylist list \"rbls\"\n\
+         racl whitelist sm_macro \"orig\" not sm_macro \"no verify\"\n\
+         racl greylist list \"macros\"\n\
+         racl greylist dnsrbl \"missing\"\n\
+         racl greylist sm_macro \"missing\"\n",
+    );
+    assert_eq!(c.acl[0].dnsrbl, ["dnsbl.sorbs.net"]);
+    assert_eq!(c.acl[1].dnsrbl, ["odd.example.org"]);
+    assert_eq!(c.acl[2].dnsrbl, ["dnsbl.sorbs.net", "bl.example.org"]);
+    let m = &c.acl[3].macros[0];
+    assert_eq!(m.name, "{daemon_name}");
+    assert!(matches!(&m.value, Some(Matcher::Regex(p)) if p.0.is_match("ORIGINATING")));
+    let n = &c.acl[3].not.as_ref().unwrap().macros[0];
+    assert!(n.unset && n.value.is_none() && n.name == "{verify}");
+    assert_eq!(c.acl[4].macros.len(), 2);
+    assert_eq!(c.acl.len(), 5);
+    let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+    assert_eq!(lines, [10, 14, 15], "{w:?}");
+    assert!(w[0].message.contains("10.0.0.1"), "{w:?}");
+    assert!(w[1].message.contains("not defined"), "{w:?}");
+    assert!(import_conf("dnsrbl \"x\" bl.example.org\n").warnings.len() == 1);
+    assert!(import_conf("sm_macro \"x\" \"{j}\"\n").warnings.len() == 1);
+}
+
+#[test]
+fn rcptcount_comparisons() {
+    let (c, w) = import(
+        "racl blacklist rcptcount >= 25\nracl blacklist rcptcount >10\nracl greylist rcptcount != 1 delay 1h\nracl whitelist rcptcount 3\n",
+    );
+    let cmp: Vec<String> = c
+        .acl
+        .iter()
+        .map(|r| r.rcptcount.unwrap().to_string())
+        .collect();
+    assert_eq!(cmp, [">= 25", "> 10", "!= 1"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].line, 4);
+}
+
+#[test]
+fn per_rule_values() {
+    let (c, w) = import(
+        "racl greylist rcpt a@example.com delay 1h autowhite 3d code \"451\" ecode \"4.7.1\" msg \"Come back later\" nolog\n\
+         racl blacklist from spam@example.com code 554 ecode 5.7.1 msg \"No\" flushaddr\n\
+         racl whitelist rcpt b@example.com delay 1h msg \"hi\"\n\
+         racl greylist rcpt c@example.com code 550 delay 90\n\
+         racl greylist rcpt d@example.com msg \"Retry %r from %i in %E\"\n\
+         racl greylist rcpt e@example.com delay 1h delay 2h\n",
+    );
+    let r = &c.acl[0];
+    assert_eq!(
+        (r.delay.map(|d| d.0), r.autowhite.map(|d| d.0), r.code),
+        (Some(3600), Some(3 * 86_400), Some(451))
+    );
+    assert_eq!(
+        (r.ecode.as_deref(), r.msg.as_deref(), r.nolog, r.flushaddr),
+        (Some("4.7.1"), Some("Come back later"), true, false)
+    );
+    let r = &c.acl[1];
+    assert_eq!(
+        (r.code, r.ecode.as_deref(), r.flushaddr),
+        (Some(554), Some("5.7.1"), true)
+    );
+    // Values the action does not use, or of the wrong class, are dropped with a warning.
+    let r = &c.acl[2];
+    assert!(r.delay.is_none() && r.msg.is_none());
+    let r = &c.acl[3];
+    assert_eq!((r.code, r.delay.map(|d| d.0)), (None, Some(90)));
+    // Format tokens are kept as written, with a warning.
+    assert_eq!(c.acl[4].msg.as_deref(), Some("Retry %r from %i in %E"));
+    assert_eq!(c.acl.len(), 5, "a value given twice: not translated");
+    let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6], "{w:?}");
+    assert!(
+        w[0].message.contains("delay only applies to greylist"),
+        "{w:?}"
+    );
+    assert!(w[0].message.contains("msg only applies"), "{w:?}");
+    assert!(w[1].message.contains("code 550"), "{w:?}");
+    assert!(w[2].message.contains("%r, %i, %E"), "{w:?}");
+    assert!(w[3].message.contains("given twice"), "{w:?}");
+}
+
+#[test]
+fn a_delay_the_retry_window_cannot_hold_is_dropped() {
+    let (c, w) = import("greylist 10m\ntimeout 1h\nracl greylist rcpt a@example.com delay 2h\n");
+    assert!(c.acl[0].delay.is_none());
+    assert_eq!(w.len(), 1);
+    assert!(w[0].message.contains("retry window"), "{w:?}");
+}
+
+#[test]
+fn a_repeated_clause_is_not_translated() {
+    // AND in milter-greylist, OR within one of our clauses.
+    for conf in [
+        "racl whitelist from a@example.com from b@example.com\n",
+        "racl whitelist rcpt a@example.com rcpt b@example.com\n",
+        "list \"l\" rcpt { a@example.com }\nracl whitelist rcpt b@example.com list \"l\"\n",
+        "dnsrbl \"a\" a.example 127.0.0.2\ndnsrbl \"b\" b.example 127.0.0.2\nracl blacklist dnsrbl \"a\" dnsrbl \"b\"\n",
+    ] {
+        let (c, w) = import(conf);
+        assert!(c.acl.is_empty(), "{conf}");
+        assert_eq!(w.len(), 1, "{conf}: {w:?}");
+        assert!(w[0].message.contains("clauses"), "{w:?}");
+    }
+}
+
+#[test]
+fn unsupported_clauses_drop_the_rule() {
+    for clause in [
+        "time \"* 8-16 * * 1-5\"",
+        "spf pass",
+        "geoip \"FR\"",
+        "p0f \"Windows\"",
+        "mx 192.0.2.0/24",
+        "ratelimit \"r\"",
+        "urlcheck \"u\"",
+        "ldapcheck \"l\"",
+        "header /X-Spam/",
+        "body /viagra/",
+        "msgsize > 10",
+        "dkim pass",
+        "spamd",
+        "$dnsrbl \"x\"",
+        "set $p=\"1\"",
+        "log \"x\"",
+        "nsupdate \"n\"",
+        "tarpit 10s",
+        "not spf fail",
+    ] {
+        let conf = format!("racl whitelist rcpt a@example.com {clause}\nracl greylist default\n");
+        let (c, w) = import(&conf);
+        assert_eq!(c.acl.len(), 1, "{clause}: only the default rule");
+        assert_eq!(w.len(), 1, "{clause}: {w:?}");
+        assert_eq!(w[0].line, 1);
+        assert!(w[0].message.contains("not translated"), "{w:?}");
+    }
+}
+
+#[test]
+fn unsupported_values_are_dropped_with_a_warning() {
+    for value in [
+        "report \"Delayed %E\"",
+        "addheader \"X-Foo: bar\"",
+        "addheader \"X-Foo: bar\",2",
+        "addfooter \"footer\"",
+        "subjtag \"[SPAM]\"",
+        "maxpeek 1000",
+    ] {
+        let conf = format!("racl greylist rcpt a@example.com {value} delay 1h\n");
+        let (c, w) = import(&conf);
+        assert_eq!(c.acl.len(), 1, "{value}");
+        assert_eq!(c.acl[0].delay.map(|d| d.0), Some(3600), "{value}");
+        assert_eq!(w.len(), 1, "{value}: {w:?}");
+        assert!(w[0].message.contains("is not supported, dropped"), "{w:?}");
+    }
+}
+
+#[test]
+fn dacl_lines_warn() {
+    let (c, w) = import("dacl blacklist msgsize > 10M\ndacl greylist spamd > 5 delay 2h\n");
+    assert!(c.acl.is_empty());
+    assert_eq!(w.iter().map(|w| w.line).collect::<Vec<_>>(), [1, 2]);
+    assert!(w[0].message.starts_with("dacl"));
+}
+
+#[test]
+fn regexes_are_carried_over() {
+    let (c, w) = import(
+        "racl whitelist domain /^mx[0-9]*\\.example\\.net$/\n\
+         racl whitelist helo /^mail\\./\n\
+         racl whitelist from /@partner\\.example/\n\
+         racl whitelist rcpt /(sales|info)@/\n\
+         extendedregex\n\
+         racl whitelist rcpt /(sales|info)@/\n\
+         racl whitelist auth /^[a-z]+$/\n",
+    );
+    assert_eq!(texts(&c.acl[0].domain), [r"/^mx[0-9]*\.example\.net$/"]);
+    assert_eq!(texts(&c.acl[1].helo), [r"/^mail\./"]);
+    assert_eq!(texts(&c.acl[2].from), [r"/@partner\.example/"]);
+    // Basic syntax before `extendedregex`: the parentheses and bar are characters.
+    assert_eq!(texts(&c.acl[3].rcpt), [r"/\(sales\|info\)@/"]);
+    assert_eq!(texts(&c.acl[4].rcpt), ["/(sales|info)@/"]);
+    assert_eq!(texts(&c.acl[5].auth), ["/^[a-z]+$/"]);
+    let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+    assert_eq!(lines, [4], "{w:?}");
+    assert!(w[0].message.contains("basic expression"), "{w:?}");
+}
+
+#[test]
+fn a_regex_we_cannot_compile_drops_the_rule() {
+    for conf in [
+        "racl whitelist from /\\(a\\)\\1/\n",
+        "extendedregex\nracl whitelist from /a{3,2}/\n",
+        "racl whitelist rcpt /[[.space.]]/\n",
+        "racl whitelist rcpt /a\\+/\n",
+        "list \"l\" from { /x\\1/ }\nracl whitelist list \"l\"\n",
+    ] {
+        let (c, w) = import(conf);
+        assert!(c.acl.is_empty(), "{conf}");
+        assert_eq!(w.len(), 1, "{conf}: {w:?}");
+        assert!(w[0].message.contains("not translated"), "{w:?}");
+    }
+}
+
+#[test]
+fn literals_that_are_not_addresses_become_equivalent_regexes() {
+    let (c, w) = import(
+        "racl whitelist from <Friend@Example.org>\n\
+         racl whitelist rcpt .example.com\n\
+         racl whitelist rcpt postmaster\n\
+         racl whitelist from \"john doe\"\n\
+         racl whitelist domain -dsl.example.net\n\
+         racl whitelist domain example.net\n\
+         racl whitelist rcpt user@\n",
+    );
+    assert_eq!(texts(&c.acl[0].from), ["Friend@Example.org"]);
+    assert_eq!(texts(&c.acl[1].rcpt), [r"/\.example\.com/"]);
+    assert_eq!(texts(&c.acl[2].rcpt), ["/postmaster/"]);
+    assert_eq!(texts(&c.acl[3].from), [r"/john doe/"]);
+    assert_eq!(texts(&c.acl[4].domain), [r"/\-dsl\.example\.net$/"]);
+    assert_eq!(texts(&c.acl[5].domain), ["example.net"]);
+    assert_eq!(texts(&c.acl[6].rcpt), ["user@"]);
+    let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+    assert_eq!(lines, [2, 3, 4, 5], "{w:?}");
+    assert!(w[0].message.contains("substring"), "{w:?}");
+    assert!(w[3].message.contains("suffix"), "{w:?}");
+    // With domainexact, milter-greylist matches on label boundaries too.
+    let (c, _) = import("domainexact\nracl whitelist domain -dsl.example.net\n");
+    assert_eq!(texts(&c.acl[0].domain), [r"/(^|\.)\-dsl\.example\.net$/"]);
+}
+
+#[test]
+fn tls_requires_a_verified_certificate() {
+    let (c, w) = import(
+        "racl whitelist tls \"/CN=relay.example.net\"\n\
+         racl whitelist tls /example/ sm_macro \"m\"\n\
+         sm_macro \"m\" \"{daemon_name}\" \"MTA\"\n\
+         racl whitelist tls /example/ sm_macro \"m\"\n\
+         racl greylist rcpt a@example.com not tls /example/\n",
+    );
+    let r = &c.acl[0];
+    assert_eq!(texts(&r.tls), ["/CN=relay.example.net"]);
+    assert_eq!(r.macros[0].name, "{verify}");
+    assert_eq!(r.macros[0].value, Some(Matcher::Literal("OK".into())));
+    assert_eq!(c.acl.len(), 1);
+    assert_eq!(
+        w.iter().map(|w| w.line).collect::<Vec<_>>(),
+        [2, 4, 5],
+        "{w:?}"
+    );
+    assert!(!c.whitelist.authenticated);
+    let (c, _) = import("racl whitelist addr 192.0.2.1\n");
+    assert!(
+        c.whitelist.authenticated,
+        "no auth/tls clause: default kept"
+    );
+}
+
+#[test]
 fn dump_is_read_with_warnings_for_bad_lines() {
     let d = import_db(DUMP);
     assert_eq!(d.records.len(), 5);
