@@ -1868,4 +1868,154 @@ mod tests {
     fn toml_escaping() {
         assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
     }
+
+    fn basic(re: &str) -> Result<String, String> {
+        posix_regex(re, false).map(|c| c.rust)
+    }
+
+    fn ere(re: &str) -> Result<String, String> {
+        posix_regex(re, true).map(|c| c.rust)
+    }
+
+    #[test]
+    fn basic_regexes_are_rewritten() {
+        // Common expressions mean the same in both syntaxes.
+        assert_eq!(
+            basic(r"^news@.*\.example\.com$").unwrap(),
+            r"^news@.*\.example\.com$"
+        );
+        assert_eq!(basic("[0-9][0-9]*").unwrap(), "[0-9][0-9]*");
+        // Groups and intervals are escaped in basic syntax; ( ) { } + ? | are characters.
+        assert_eq!(basic(r"\(ab\)*x\{2,3\}").unwrap(), "(ab)*x{2,3}");
+        assert_eq!(basic("(a|b)+c?{1}").unwrap(), r"\(a\|b\)\+c\?\{1\}");
+        // `*` first, `^` inside and `$` inside are characters.
+        assert_eq!(basic("*a^b$c$").unwrap(), r"\*a\^b\$c$");
+        assert_eq!(basic("^*a").unwrap(), r"^\*a");
+        assert_eq!(basic(r"\(^a$\)").unwrap(), "(^a$)");
+        // Backslash is a character in a bracket expression; classes are kept.
+        assert_eq!(basic(r"[\.]").unwrap(), r"[\\.]");
+        assert_eq!(basic("[]a-]").unwrap(), r"[\]a-]");
+        assert_eq!(basic("[^[:alpha:]_]").unwrap(), "[^[:alpha:]_]");
+        assert_eq!(basic("[a[b&&c~]").unwrap(), r"[a\[b\&\&c\~]");
+        assert_eq!(basic(r"a\.b\/c\<d\>").unwrap(), r"a\.b/c\<d\>");
+        for bad in [
+            r"\(a\)\1",
+            r"a\+",
+            r"a\|b",
+            "[[.a.]]",
+            "[[:nope:]]",
+            "[a--z]",
+            "[ab",
+            r"a\{x\}",
+            r"a\}",
+            "a\\",
+            r"\d",
+        ] {
+            assert!(basic(bad).is_err(), "{bad}");
+        }
+        let c = posix_regex("(x)", false).unwrap();
+        assert!(c.plain_ops && !c.anchors);
+        let c = posix_regex("^<a@b>", false).unwrap();
+        assert!(c.anchors && !c.plain_ops);
+    }
+
+    #[test]
+    fn extended_regexes_are_kept() {
+        for re in [
+            "^(sales|info)@",
+            "a+b?c{2,3}",
+            r"\.example\.(com|net)$",
+            "[^@]+@x",
+        ] {
+            assert_eq!(ere(re).unwrap(), re);
+        }
+        assert_eq!(ere(r"[\]").unwrap(), r"[\\]");
+        assert_eq!(ere(r"a\(b\)").unwrap(), r"a\(b\)");
+        assert!(ere(r"(a)\1").is_err());
+        // Compiled the daemon's way: invalid in Rust, refused.
+        assert!(convert_regex("a{3,2}", true).is_err());
+        assert!(
+            convert_regex("(?<n>a)", false).is_ok(),
+            "basic: plain characters"
+        );
+    }
+
+    #[test]
+    fn mail_literals() {
+        for ok in [
+            "user@example.com",
+            "first.last+tag@mail.example.co.uk",
+            "user@",
+            "@example.com",
+            "example.com",
+            "root@localhost",
+            "@localhost",
+        ] {
+            assert!(is_mail_literal(ok), "{ok}");
+        }
+        for odd in [
+            "postmaster",
+            ".example.com",
+            "example.com.",
+            "john doe@example.com",
+            "a@b@c",
+            "-x.example.com",
+            "/x/",
+            "user@[192.0.2.1]",
+            "",
+        ] {
+            assert!(!is_mail_literal(odd), "{odd}");
+        }
+        assert!(is_domain("mx1.example.net", false) && is_domain("localhost", false));
+        assert!(!is_domain("-x.example", false) && !is_domain("a..b", false));
+    }
+
+    #[test]
+    fn msg_format_tokens() {
+        assert_eq!(
+            format_tokens("Retry %r in %E, %M{j} %T{%H:%M} 50% off %%"),
+            ["%r", "%E", "%M{j}", "%T{%H:%M}", "%%"]
+        );
+        assert!(format_tokens("no tokens 100 %").is_empty());
+    }
+
+    #[test]
+    fn negation_tokens() {
+        let st = statements("racl whitelist !from a@b.example rcptcount != 2 NOT Addr: 10.0.0.1\n");
+        let t = split_negations(&st[0]);
+        let kws: Vec<String> = t.iter().filter_map(keyword).collect();
+        assert_eq!(
+            kws,
+            [
+                "racl",
+                "whitelist",
+                "!",
+                "from",
+                "a@b.example",
+                "rcptcount",
+                "!=",
+                "2",
+                "not",
+                "addr",
+                "10.0.0.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_toml() {
+        let r = import_conf(
+            "racl \"x\" greylist rcpt a@example.com not addr 10.0.0.0/8 delay 1h msg \"Wait \\\"here\\\"\"\n",
+        );
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(
+            r.toml.ends_with(
+                "# line 1: racl \"x\" greylist rcpt a@example.com not addr 10.0.0.0/8 delay 1h msg \"Wait \\\"here\\\"\"\n\
+                 [[acl]]\nname = \"x\"\naction = \"greylist\"\nrcpt = [\"a@example.com\"]\n\
+                 not = { addr = [\"10.0.0.0/8\"] }\ndelay = \"3600s\"\nmsg = \"Wait \\\"here\\\"\"\n"
+            ),
+            "{}",
+            r.toml
+        );
+    }
 }
