@@ -36,7 +36,7 @@
 //! | `rcpt` | the envelope recipient | as `from` |
 //! | `auth` | the SMTP AUTH user (`{auth_authen}`) | user (case-insensitive) or `/regex/` |
 //! | `tls` | the client certificate subject (`{cert_subject}`) | exact subject or `/regex/` |
-//! | `dnsrbl` | the client is listed in one of the DNS zones (an answer in 127.0.0.0/8 other than 127.255.255.x) | zone |
+//! | `dnsrbl` | the client is listed in one of the DNS zones: an answer in 127.0.0.0/8 other than 127.255.255.x, or in the network given after the zone | `"zone"`, `"zone 127.0.0.10"`, `"zone 127.0.0.0/24"` |
 //! | `macro` | an MTA macro has a value (or is not set) | `{ name = "{daemon_name}", value = "ORIG" }`, value `/regex/`, or `{ name = "...", unset = true }` |
 //! | `rcptcount` | the number of recipients of the transaction so far, this one included | `"> 10"`, ops `<`, `<=`, `>`, `>=`, `==`, `!=` |
 //! | `not` | none of the clauses in it matches | a table of the clauses above |
@@ -408,9 +408,50 @@ struct Compiled {
     rcpt: Option<Text<AddrSet>>,
     auth: Option<Names>,
     tls: Option<Names>,
-    dnsrbl: Vec<String>,
+    dnsrbl: Vec<DnsList>,
     macros: Vec<MacroClause>,
     rcptcount: Option<CountCmp>,
+}
+
+/// A `dnsrbl` entry: the zone, and the answers that count as a listing (`None`: any
+/// listing answer, see [`crate::dnslists::is_listing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DnsList {
+    zone: String,
+    answer: Option<ipnet::Ipv4Net>,
+}
+
+impl DnsList {
+    /// Parses `"zone"` or `"zone ANSWER[/LEN]"`.
+    fn parse(s: &str) -> Result<DnsList, String> {
+        let mut words = s.split_whitespace();
+        let zone = words.next().unwrap_or("").trim_end_matches('.');
+        if zone.is_empty() || zone.starts_with('.') {
+            return Err(format!("invalid DNS zone {s:?}"));
+        }
+        let answer = match words.next() {
+            None => None,
+            Some(a) => Some(
+                a.parse::<ipnet::Ipv4Net>()
+                    .or_else(|_| a.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from))
+                    .map_err(|_| {
+                        format!(
+                            "invalid answer {a:?} after the zone in {s:?}: expected an IPv4 address or network such as 127.0.0.10 or 127.0.0.0/24"
+                        )
+                    })?
+                    .trunc(),
+            ),
+        };
+        if words.next().is_some() {
+            return Err(format!(
+                "{s:?}: expected \"zone\" or \"zone answer\", e.g. \"dnsbl.example 127.0.0.10\""
+            ));
+        }
+        Ok(DnsList {
+            zone: zone.to_ascii_lowercase(),
+            answer,
+        })
+    }
 }
 
 fn some_if<T>(empty: bool, f: impl FnOnce() -> T) -> Option<T> {
@@ -439,7 +480,12 @@ impl Compiled {
             rcpt: some_if(c.rcpt.is_empty(), || addrs(&c.rcpt)),
             auth: some_if(c.auth.is_empty(), || names(&c.auth)),
             tls: some_if(c.tls.is_empty(), || names(&c.tls)),
-            dnsrbl: c.dnsrbl.iter().map(|z| z.trim().to_owned()).collect(),
+            // Validated; an entry that does not parse matches nothing.
+            dnsrbl: c
+                .dnsrbl
+                .iter()
+                .filter_map(|z| DnsList::parse(z).ok())
+                .collect(),
             macros: c.macros.clone(),
             rcptcount: c.rcptcount,
         }
@@ -537,25 +583,27 @@ impl Facts<'_> {
 /// DNS list answers of one evaluation, so a zone is asked at most once.
 struct DnsCache<'a> {
     dns: Option<&'a DnsFacts>,
-    answers: Vec<(String, bool)>,
+    answers: Vec<(String, Vec<std::net::Ipv4Addr>)>,
 }
 
 impl DnsCache<'_> {
-    async fn listed(&mut self, ip: IpAddr, zones: &[String]) -> bool {
+    async fn listed(&mut self, ip: IpAddr, lists: &[DnsList]) -> bool {
         let Some(dns) = self.dns else {
             return false;
         };
-        for z in zones {
-            let hit = match self.answers.iter().find(|(n, _)| n == z) {
-                Some((_, hit)) => *hit,
+        for l in lists {
+            let i = match self.answers.iter().position(|(z, _)| *z == l.zone) {
+                Some(i) => i,
                 None => {
-                    let hit = dns
-                        .first_listing(ip, std::slice::from_ref(z))
-                        .await
-                        .is_some();
-                    self.answers.push((z.clone(), hit));
-                    hit
+                    let a = dns.list_answers(ip, &l.zone).await;
+                    self.answers.push((l.zone.clone(), a));
+                    self.answers.len() - 1
                 }
+            };
+            let answers = self.answers.get(i).map_or(&[][..], |(_, a)| a.as_slice());
+            let hit = match l.answer {
+                Some(net) => answers.iter().any(|a| net.contains(a)),
+                None => answers.iter().copied().any(crate::dnslists::is_listing),
             };
             if hit {
                 return true;
@@ -763,12 +811,8 @@ pub fn validate(
             .iter()
             .chain(r.not.iter().flat_map(|n| n.dnsrbl.iter()))
         {
-            let z = z.trim();
-            if z.is_empty() || z.contains(char::is_whitespace) || z.starts_with('.') {
-                err(
-                    Some("dnsrbl"),
-                    format!("acl {name}: invalid DNS zone {z:?}"),
-                );
+            if let Err(e) = DnsList::parse(z) {
+                err(Some("dnsrbl"), format!("acl {name}: dnsrbl {e}"));
             }
         }
         let replies = matches!(r.action, AclAction::Greylist | AclAction::Blacklist);
@@ -1182,5 +1226,14 @@ macro = [{ name = "verify", unset = true }]
         assert!(e[0].1.contains("unknown field `sender`"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\naddr = [\"10.0.0.300\"]\n");
         assert!(e[0].1.contains("invalid network"), "{e:?}");
+        let e = errors(
+            "[[acl]]\naction = \"whitelist\"\ndnsrbl = [\"bl.example 127.0.0.10\", \"bl.example ::1\", \"a 127.0.0.2 c\"]\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].1.contains("invalid answer \"::1\""), "{e:?}");
+        assert!(
+            e[1].1.contains("expected \"zone\" or \"zone answer\""),
+            "{e:?}"
+        );
     }
 }

@@ -96,6 +96,12 @@ impl DnsFacts {
         }
     }
 
+    /// The A records `zone` answers for `ip` (empty when not listed, or on error or
+    /// timeout).
+    pub async fn list_answers(&self, ip: IpAddr, zone: &str) -> Vec<std::net::Ipv4Addr> {
+        self.a_records(&list_query(ip, zone)).await
+    }
+
     /// The first of `zones` listing `ip` (each query bounded by the timeout).
     pub async fn first_listing<'z>(&self, ip: IpAddr, zones: &'z [String]) -> Option<&'z str> {
         for z in zones {

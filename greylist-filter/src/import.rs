@@ -490,8 +490,8 @@ struct DnsrblDef {
     zone: String,
     /// The answer that counts as a listing, as written.
     answer: String,
-    /// Whether every answer it accepts is in 127.0.0.0/8.
-    loopback: bool,
+    /// The same, parsed (a bare address is a /32).
+    net: ipnet::IpNet,
 }
 
 fn parse_dnsrbl_def(st: &[Token]) -> Option<(String, DnsrblDef)> {
@@ -508,10 +508,7 @@ fn parse_dnsrbl_def(st: &[Token]) -> Option<(String, DnsrblDef)> {
         }
         Some(_) => return None,
     }
-    let net = Cidr::parse(&answer)?;
-    let loopback = "127.0.0.0/8"
-        .parse::<ipnet::IpNet>()
-        .is_ok_and(|lo| lo.contains(&net.0));
+    let net = Cidr::parse(&answer)?.0;
     (!zone.is_empty()).then(|| {
         (
             name.text.clone(),
@@ -519,7 +516,7 @@ fn parse_dnsrbl_def(st: &[Token]) -> Option<(String, DnsrblDef)> {
                 line: name.line,
                 zone,
                 answer,
-                loopback,
+                net,
             },
         )
     })
@@ -1215,13 +1212,19 @@ fn clause_values(
             if !rule.comments.contains(&comment) {
                 rule.comments.push(comment);
             }
-            if !def.loopback {
-                rule.notes.push(format!(
-                    "dnsrbl \"{}\": milter-greylist counts an answer in {} as a listing (line {}), here any answer in 127.0.0.0/8 is one",
-                    t.text, def.answer, def.line
-                ));
-            }
-            c.dnsrbl.push(z.clone());
+            // The answers that count as a listing carry over exactly; 127.0.0.0/8 is
+            // the default (which also leaves out the lists' 127.255.255.x errors).
+            let entry = match def.net {
+                ipnet::IpNet::V4(n) if n.to_string() == "127.0.0.0/8" => z.clone(),
+                ipnet::IpNet::V4(n) => format!("{z} {n}"),
+                ipnet::IpNet::V6(_) => {
+                    return Err(format!(
+                        "dnsrbl \"{}\": the answer {} is not an IPv4 address (DNS lists answer with A records)",
+                        t.text, def.answer
+                    ));
+                }
+            };
+            c.dnsrbl.push(entry);
         }
         Kind::Macro => {
             let def = defs

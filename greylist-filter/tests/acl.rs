@@ -296,11 +296,14 @@ async fn dnsrbl_clauses_ask_the_dns() {
         &[
             Rr::A("66.113.0.203.bl.test.", "127.0.0.2".parse().unwrap()),
             Rr::A("99.113.0.203.bl.test.", "127.255.255.254".parse().unwrap()),
+            Rr::A("77.113.0.203.bl.test.", "127.0.0.10".parse().unwrap()),
         ],
     )
     .await;
     let (e, _) = engine(&format!(
-        "[dns]\nserver = \"{}\"\n\n[[acl]]\nname = \"listed\"\naction = \"blacklist\"\n\
+        "[dns]\nserver = \"{}\"\n\n[[acl]]\nname = \"dialup\"\naction = \"greylist\"\n\
+         dnsrbl = [\"bl.test 127.0.0.10\"]\ndelay = \"2h\"\n\n\
+         [[acl]]\nname = \"listed\"\naction = \"blacklist\"\n\
          dnsrbl = [\"bl.test\"]\nmsg = \"Listed on bl.test\"\n\n\
          [[acl]]\nname = \"unlisted-to-vip\"\naction = \"whitelist\"\nrcpt = [\"vip@example.net\"]\n\
          not = {{ dnsrbl = [\"bl.test\"] }}\n",
@@ -311,6 +314,17 @@ async fn dnsrbl_clauses_ask_the_dns() {
         .await;
     assert_eq!(out.decision, Decision::Reject(RejectReason::Acl));
     assert_eq!(reply(&out.action).2, "Listed on bl.test");
+    // Only 127.0.0.10 is a listing for the first rule; the second takes any.
+    let out = e
+        .check_rcpt(&ctx("203.0.113.77", "x@y.example", "vip@example.net"))
+        .await;
+    assert_eq!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 7200,
+            reason: GreylistReason::NewTuple
+        }
+    );
     // 127.255.255.254 is a list's error answer, not a listing.
     for ip in ["203.0.113.99", "203.0.113.1"] {
         let out = e

@@ -122,7 +122,8 @@ fn conf_translates_to_valid_toml() {
 
     // continue dnsrbl "spamhaus" flushaddr nolog
     assert_eq!(a[9].action, AclAction::Continue);
-    assert_eq!(a[9].dnsrbl, ["zen.spamhaus.org"]);
+    // The definition's answers carry over: 127.0.0.2/31 is 127.0.0.2 and 127.0.0.3.
+    assert_eq!(a[9].dnsrbl, ["zen.spamhaus.org 127.0.0.2/31"]);
     assert!(a[9].flushaddr && a[9].nolog);
     // "spammers" blacklist dnsrbl "spamhaus" not list "friends" code ecode msg
     let r = &a[10];
@@ -144,7 +145,7 @@ fn conf_translates_to_valid_toml() {
         Some(Matcher::Literal("FORGED".into()))
     );
     assert_eq!(a[13].delay.map(|d| d.0), Some(3600));
-    assert_eq!(a[14].dnsrbl, ["dnsbl.sorbs.net"]);
+    assert_eq!(a[14].dnsrbl, ["dnsbl.sorbs.net 127.0.0.10/32"]);
     // list "dialup" (a domain list with a regex) not sm_macro "no auth" (unset)
     assert_eq!(
         texts(&a[15].domain),
@@ -152,7 +153,7 @@ fn conf_translates_to_valid_toml() {
     );
     let not = a[15].not.as_ref().unwrap();
     assert!(not.macros[0].unset && not.macros[0].name == "{auth_type}");
-    assert_eq!(a[16].dnsrbl, ["bl.example.org"]);
+    assert_eq!(a[16].dnsrbl, ["bl.example.org 0.0.0.0/0"]);
     // greylist rcpt sales@ not auth /./ (report dropped)
     assert_eq!(texts(&a[17].rcpt), ["sales@example.com"]);
     assert_eq!(texts(&a[17].not.as_ref().unwrap().auth), ["/./"]);
@@ -182,7 +183,6 @@ fn conf_warns_once_per_unsupported_line() {
         "racl whitelist from /^newsletter",
         "racl whitelist rcpt /^abuse",
         "racl \"spammers\"",
-        "racl greylist dnsrbl \"any answer\"",
         "racl whitelist spf",
         "racl whitelist time",
         "racl greylist rcpt sales",
@@ -201,6 +201,7 @@ fn conf_warns_once_per_unsupported_line() {
         "subnetmatch /24",
         "quiet",
         "dnsrbl \"SORBS DUN\"",
+        "racl greylist dnsrbl \"any answer\"",
         "sm_macro \"maybe_forged\"",
         "list \"my network\"",
         "racl whitelist list \"my network\"",
@@ -226,7 +227,6 @@ fn conf_warns_once_per_unsupported_line() {
     assert!(msg("racl whitelist time").contains("`time` is not supported"));
     assert!(msg("racl \"spammers\"").contains("%i"));
     assert!(msg("racl greylist rcpt sales").contains("`report` is not supported"));
-    assert!(msg("racl greylist dnsrbl \"any answer\"").contains("0.0.0.0/0"));
     assert!(msg("racl whitelist rcpt /^abuse").contains("angle brackets"));
 }
 
@@ -520,9 +520,15 @@ fn dnsrbl_and_sm_macro_definitions() {
          racl greylist dnsrbl \"missing\"\n\
          racl greylist sm_macro \"missing\"\n",
     );
-    assert_eq!(c.acl[0].dnsrbl, ["dnsbl.sorbs.net"]);
-    assert_eq!(c.acl[1].dnsrbl, ["odd.example.org"]);
-    assert_eq!(c.acl[2].dnsrbl, ["dnsbl.sorbs.net", "bl.example.org"]);
+    assert_eq!(c.acl[0].dnsrbl, ["dnsbl.sorbs.net 127.0.0.10/32"]);
+    assert_eq!(c.acl[1].dnsrbl, ["odd.example.org 10.0.0.1/32"]);
+    assert_eq!(
+        c.acl[2].dnsrbl,
+        [
+            "dnsbl.sorbs.net 127.0.0.10/32",
+            "bl.example.org 127.0.0.2/32"
+        ]
+    );
     let m = &c.acl[3].macros[0];
     assert_eq!(m.name, "{daemon_name}");
     assert!(matches!(&m.value, Some(Matcher::Regex(p)) if p.0.is_match("ORIGINATING")));
@@ -531,9 +537,8 @@ fn dnsrbl_and_sm_macro_definitions() {
     assert_eq!(c.acl[4].macros.len(), 2);
     assert_eq!(c.acl.len(), 5);
     let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
-    assert_eq!(lines, [10, 14, 15], "{w:?}");
-    assert!(w[0].message.contains("10.0.0.1"), "{w:?}");
-    assert!(w[1].message.contains("not defined"), "{w:?}");
+    assert_eq!(lines, [14, 15], "{w:?}");
+    assert!(w[0].message.contains("not defined"), "{w:?}");
     assert!(import_conf("dnsrbl \"x\" bl.example.org\n").warnings.len() == 1);
     assert!(import_conf("sm_macro \"x\" \"{j}\"\n").warnings.len() == 1);
 }
