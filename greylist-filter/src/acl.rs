@@ -394,8 +394,9 @@ fn names(entries: &[Matcher]) -> Names {
     })
 }
 
+/// `v` must already be trimmed and lower case.
 fn name_matches(t: &Names, v: Option<&str>) -> bool {
-    v.is_some_and(|v| t.literals.contains(&v.trim().to_lowercase()) || t.regex_match(v))
+    v.is_some_and(|v| t.literals.contains(v) || t.regex_match(v))
 }
 
 /// One compiled set of clauses.
@@ -492,60 +493,130 @@ impl Compiled {
     }
 
     /// Whether every clause matches (`all = true`) or whether any clause matches
-    /// (`all = false`, for `not`). No clause: `all`.
-    async fn eval(&self, f: &Facts<'_>, dns: &mut DnsCache<'_>, all: bool) -> bool {
-        let host = f
-            .client_name
-            .map(str::trim)
-            .filter(|h| !h.is_empty() && !h.starts_with('[') && *h != "unknown");
-        let sender = f
-            .sender
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>');
-        let checks: [Option<bool>; 9] = [
-            self.addr.as_ref().map(|n| n.contains(f.client_ip)),
-            self.domain.as_ref().map(|d| {
-                host.is_some_and(|h| {
-                    d.literals.matches(&h.to_ascii_lowercase()) || d.regex_match(h)
-                })
-            }),
-            self.helo.as_ref().map(|t| name_matches(t, f.helo)),
-            self.from.as_ref().map(|t| {
-                t.literals.matches(&sender.to_lowercase())
-                    || t.literals.matches(&normalize_sender(f.sender))
-                    || t.regex_match(sender)
-            }),
-            self.rcpt
-                .as_ref()
-                .map(|t| t.literals.matches(f.recipient) || t.regex_match(f.recipient)),
-            self.auth.as_ref().map(|t| name_matches(t, f.auth)),
-            self.tls
-                .as_ref()
-                .map(|t| name_matches(t, f.macro_value("{cert_subject}"))),
-            (!self.macros.is_empty()).then(|| {
-                self.macros.iter().any(|m| {
-                    let v = f.macro_value(&m.name).filter(|v| !v.is_empty());
-                    match (&m.value, v) {
-                        (_, None) => m.unset,
-                        (Some(Matcher::Literal(l)), Some(v)) => l == v,
-                        (Some(Matcher::Regex(p)), Some(v)) => p.0.is_match(v),
-                        (None, Some(_)) => false,
-                    }
-                })
-            }),
-            self.rcptcount.map(|c| c.holds(f.rcpt_count)),
-        ];
-        for c in checks.into_iter().flatten() {
-            if c != all {
-                return !all;
-            }
+    /// (`all = false`, for `not`). No clause: `all`. Stops at the first clause that
+    /// settles it; DNS is asked last.
+    async fn eval(&self, p: &Prepared<'_>, dns: &mut DnsCache<'_>, all: bool) -> bool {
+        let f = &p.facts;
+        let settled = {
+            let checks: [&dyn Fn() -> Option<bool>; 9] = [
+                &|| self.addr.as_ref().map(|n| n.contains(f.client_ip)),
+                &|| {
+                    self.domain.as_ref().map(|d| {
+                        p.host
+                            .as_deref()
+                            .is_some_and(|h| d.literals.matches(h) || d.regex_match(h))
+                    })
+                },
+                &|| {
+                    self.helo
+                        .as_ref()
+                        .map(|t| name_matches(t, p.helo.as_deref()))
+                },
+                &|| {
+                    self.from.as_ref().map(|t| {
+                        t.literals.matches(&p.sender)
+                            || t.literals.matches(&p.sender_norm)
+                            || t.regex_match(&p.sender)
+                    })
+                },
+                &|| {
+                    self.rcpt
+                        .as_ref()
+                        .map(|t| t.literals.matches(f.recipient) || t.regex_match(f.recipient))
+                },
+                &|| {
+                    self.auth
+                        .as_ref()
+                        .map(|t| name_matches(t, p.auth.as_deref()))
+                },
+                &|| self.tls.as_ref().map(|t| name_matches(t, p.tls.as_deref())),
+                &|| {
+                    (!self.macros.is_empty()).then(|| {
+                        self.macros.iter().any(|m| {
+                            let v = f.macro_value(&m.name).filter(|v| !v.is_empty());
+                            match (&m.value, v) {
+                                (_, None) => m.unset,
+                                (Some(Matcher::Literal(l)), Some(v)) => l == v,
+                                (Some(Matcher::Regex(p)), Some(v)) => p.0.is_match(v),
+                                (None, Some(_)) => false,
+                            }
+                        })
+                    })
+                },
+                &|| self.rcptcount.map(|c| c.holds(f.rcpt_count)),
+            ];
+            checks.iter().any(|check| check().is_some_and(|c| c != all))
+        };
+        if settled {
+            return !all;
         }
-        // DNS last: only asked when everything else matched (or, for `not`, nothing did).
         if !self.dnsrbl.is_empty() && dns.listed(f.client_ip, &self.dnsrbl).await != all {
             return !all;
         }
         all
+    }
+}
+
+/// The facts in the forms the clauses compare (lower case, trimmed), made once per
+/// recipient and only for the clauses the rules have. Regular expressions are
+/// case-insensitive, so they are matched against the lower-case forms too.
+#[derive(Debug)]
+struct Prepared<'a> {
+    facts: Facts<'a>,
+    host: Option<String>,
+    helo: Option<String>,
+    auth: Option<String>,
+    tls: Option<String>,
+    /// The sender without angle brackets.
+    sender: String,
+    /// The normalised sender (BATV, SRS, `+ext` removed).
+    sender_norm: String,
+}
+
+/// Which facts the rules of a set compare (see [`Prepared`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Uses {
+    host: bool,
+    helo: bool,
+    auth: bool,
+    tls: bool,
+    sender: bool,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(facts: Facts<'a>, uses: Uses) -> Self {
+        let lower = |on: bool, v: Option<&str>| {
+            v.filter(|_| on)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_lowercase)
+        };
+        let host = facts
+            .client_name
+            .map(str::trim)
+            .filter(|h| !h.starts_with('[') && *h != "unknown");
+        let sender = facts
+            .sender
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        Prepared {
+            host: lower(uses.host, host).map(|h| h.trim_end_matches('.').to_owned()),
+            helo: lower(uses.helo, facts.helo),
+            auth: lower(uses.auth, facts.auth),
+            tls: lower(uses.tls, facts.macro_value("{cert_subject}")),
+            sender: if uses.sender {
+                sender.to_lowercase()
+            } else {
+                String::new()
+            },
+            sender_norm: if uses.sender {
+                normalize_sender(facts.sender)
+            } else {
+                String::new()
+            },
+            facts,
+        }
     }
 }
 
@@ -652,12 +723,14 @@ pub struct AclOutcome<'a> {
 #[derive(Debug, Default)]
 pub struct AclSet {
     rules: Vec<Rule>,
+    uses: Uses,
 }
 
 impl AclSet {
     /// Compiles validated rules (see [`validate`]); values are used as written.
     pub fn new(rules: &[RuleConfig]) -> Self {
-        AclSet {
+        let mut set = AclSet {
+            uses: Uses::default(),
             rules: rules
                 .iter()
                 .enumerate()
@@ -676,7 +749,17 @@ impl AclSet {
                     not: r.not.as_ref().map(Compiled::new),
                 })
                 .collect(),
+        };
+        let mut uses = Uses::default();
+        for c in set.compiled() {
+            uses.host |= c.domain.is_some();
+            uses.helo |= c.helo.is_some();
+            uses.auth |= c.auth.is_some();
+            uses.tls |= c.tls.is_some();
+            uses.sender |= c.from.is_some();
         }
+        set.uses = uses;
+        set
     }
 
     /// True if there is no rule.
@@ -722,15 +805,19 @@ impl AclSet {
     /// Runs the rules in order for one recipient. `dns` answers `dnsrbl` clauses (a
     /// clause without a resolver never matches).
     pub async fn evaluate(&self, f: &Facts<'_>, dns: Option<&DnsFacts>) -> AclOutcome<'_> {
+        let mut out = AclOutcome::default();
+        if self.rules.is_empty() {
+            return out;
+        }
         let mut cache = DnsCache {
             dns,
             answers: Vec::new(),
         };
-        let mut out = AclOutcome::default();
+        let p = Prepared::new(*f, self.uses);
         for r in &self.rules {
-            let matched = (r.default || r.when.eval(f, &mut cache, true).await)
+            let matched = (r.default || r.when.eval(&p, &mut cache, true).await)
                 && match &r.not {
-                    Some(n) => !n.eval(f, &mut cache, false).await,
+                    Some(n) => !n.eval(&p, &mut cache, false).await,
                     None => true,
                 };
             if !matched {
