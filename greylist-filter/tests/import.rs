@@ -837,3 +837,106 @@ async fn dump_imports_into_store() {
             .is_some()
     );
 }
+
+/// Line starts for the property below: mostly access lists.
+const PREFIXES: &[&str] = &[
+    "racl whitelist",
+    "racl greylist",
+    "racl blacklist",
+    "racl continue",
+    "racl \"id\" greylist",
+    "racl \"id\" whitelist",
+    "acl whitelist",
+    "",
+];
+
+/// Clauses and values of greylist.conf, mostly good, some bad, for the property below.
+const WORDS: &[&str] = &[
+    "default",
+    "addr 192.0.2.0/24",
+    "not addr 2001:db8::/32",
+    "addr 10.0.0.300",
+    "domain example.com",
+    "domain -bad.example",
+    "not domain /^dsl-/",
+    "helo /a\\(b\\)/",
+    "helo mx.example.org",
+    "from user@example.com",
+    "from user@",
+    "from @example.net",
+    "from /[[:alpha:]]x/",
+    "rcpt /^a+b/",
+    "rcpt a b",
+    "not rcpt postmaster@example.com",
+    "auth alice",
+    "auth /./",
+    "tls /CN=x/",
+    "not tls \"CN=y\"",
+    "dnsrbl \"R\"",
+    "dnsrbl \"nope\"",
+    "sm_macro \"M\"",
+    "not sm_macro \"M\"",
+    "list \"L\"",
+    "list \"R\"",
+    "rcptcount > 3",
+    "rcptcount >=10",
+    "rcptcount != x",
+    "delay 1h",
+    "delay 30m",
+    "delay 9d",
+    "autowhite 5d",
+    "code 451",
+    "code 550",
+    "ecode 4.7.1",
+    "ecode 5.7.1",
+    "msg \"Go %r\"",
+    "msg \"Later\"",
+    "nolog",
+    "flushaddr",
+    "report \"x\"",
+    "addheader \"X-A: b\",2",
+    "time \"* * * * *\"",
+    "spf pass",
+    "not",
+    "!",
+    "/(/",
+    "/a|b/",
+    "\\",
+    "{",
+    "}",
+    "#",
+    "\"",
+    "racl",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+    /// Whatever lines it is given, the importer neither panics nor writes a file the
+    /// daemon refuses: a line it cannot carry over is a warning, never bad TOML.
+    #[test]
+    fn any_configuration_imports_to_toml_the_daemon_accepts(
+        lines in proptest::collection::vec(
+            (
+                proptest::sample::select(PREFIXES),
+                proptest::collection::vec(proptest::sample::select(WORDS), 0..6),
+            ),
+            0..8,
+        )
+    ) {
+        let mut conf = String::from(
+            "list \"L\" addr { 198.51.100.0/24 }\nlist \"R\" rcpt { a@example.com }\n\
+             dnsrbl \"R\" bl.example 127.0.0.2/31\nsm_macro \"M\" \"{daemon_name}\" /^ORIG/\n",
+        );
+        for (prefix, words) in &lines {
+            conf.push_str(prefix);
+            conf.push(' ');
+            conf.push_str(&words.join(" "));
+            conf.push('\n');
+        }
+        let r = import_conf(&conf);
+        if let Err(e) = Config::parse(&r.toml, Path::new("imported.toml")) {
+            proptest::prop_assert!(false, "{e:?}\n--- input\n{conf}\n--- output\n{}", r.toml);
+        }
+    }
+}
