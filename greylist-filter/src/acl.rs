@@ -37,6 +37,7 @@
 //! | `auth` | the SMTP AUTH user (`{auth_authen}`) | user (case-insensitive) or `/regex/` |
 //! | `tls` | the client certificate subject (`{cert_subject}`) | exact subject or `/regex/` |
 //! | `dnsrbl` | the client is listed in one of the DNS zones: an answer in 127.0.0.0/8 other than 127.255.255.x, or in the network given after the zone | `"zone"`, `"zone 127.0.0.10"`, `"zone 127.0.0.0/24"` |
+//! | `spf` | the SPF result of the MAIL FROM identity (with the HELO name, if the rules read it) | `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror` |
 //! | `macro` | an MTA macro has a value (or is not set) | `{ name = "{daemon_name}", value = "ORIG" }`, value `/regex/`, or `{ name = "...", unset = true }` |
 //! | `rcptcount` | the number of recipients of the transaction so far, this one included | `"> 10"`, ops `<`, `<=`, `>`, `>=`, `==`, `!=` |
 //! | `not` | none of the clauses in it matches | a table of the clauses above |
@@ -68,6 +69,8 @@ use serde::{Deserialize, Deserializer, de};
 
 use crate::config::{Cidr, Pattern, Seconds};
 use crate::dnslists::DnsFacts;
+use crate::identity::SpfIdentity;
+pub use crate::identity::SpfOutcome;
 use crate::tuple::normalize_sender;
 use crate::whitelist::{AddrSet, DomainSet, NetSet};
 
@@ -249,6 +252,8 @@ pub struct Clauses {
     pub tls: Vec<Matcher>,
     /// DNS block list zones.
     pub dnsrbl: Vec<String>,
+    /// SPF results of the MAIL FROM identity.
+    pub spf: Vec<SpfOutcome>,
     /// MTA macros.
     #[serde(rename = "macro")]
     pub macros: Vec<MacroClause>,
@@ -267,6 +272,7 @@ impl Clauses {
             && self.auth.is_empty()
             && self.tls.is_empty()
             && self.dnsrbl.is_empty()
+            && self.spf.is_empty()
             && self.macros.is_empty()
             && self.rcptcount.is_none()
     }
@@ -308,6 +314,9 @@ pub struct RuleConfig {
     /// DNS block list zones.
     #[serde(default)]
     pub dnsrbl: Vec<String>,
+    /// SPF results of the MAIL FROM identity.
+    #[serde(default)]
+    pub spf: Vec<SpfOutcome>,
     /// MTA macros.
     #[serde(default, rename = "macro")]
     pub macros: Vec<MacroClause>,
@@ -352,6 +361,7 @@ impl RuleConfig {
             auth: self.auth.clone(),
             tls: self.tls.clone(),
             dnsrbl: self.dnsrbl.clone(),
+            spf: self.spf.clone(),
             macros: self.macros.clone(),
             rcptcount: self.rcptcount,
         }
@@ -410,6 +420,7 @@ struct Compiled {
     auth: Option<Names>,
     tls: Option<Names>,
     dnsrbl: Vec<DnsList>,
+    spf: Vec<SpfOutcome>,
     macros: Vec<MacroClause>,
     rcptcount: Option<CountCmp>,
 }
@@ -487,6 +498,7 @@ impl Compiled {
                 .iter()
                 .filter_map(|z| DnsList::parse(z).ok())
                 .collect(),
+            spf: c.spf.clone(),
             macros: c.macros.clone(),
             rcptcount: c.rcptcount,
         }
@@ -495,7 +507,7 @@ impl Compiled {
     /// Whether every clause matches (`all = true`) or whether any clause matches
     /// (`all = false`, for `not`). No clause: `all`. Stops at the first clause that
     /// settles it; DNS is asked last.
-    async fn eval(&self, p: &Prepared<'_>, dns: &mut DnsCache<'_>, all: bool) -> bool {
+    async fn eval(&self, p: &Prepared<'_>, dns: &mut Answers<'_>, all: bool) -> bool {
         let f = &p.facts;
         let settled = {
             let checks: [&dyn Fn() -> Option<bool>; 9] = [
@@ -548,6 +560,9 @@ impl Compiled {
             checks.iter().any(|check| check().is_some_and(|c| c != all))
         };
         if settled {
+            return !all;
+        }
+        if !self.spf.is_empty() && dns.spf(f).await.is_some_and(|o| self.spf.contains(&o)) != all {
             return !all;
         }
         if !self.dnsrbl.is_empty() && dns.listed(f.client_ip, &self.dnsrbl).await != all {
@@ -651,27 +666,53 @@ impl Facts<'_> {
     }
 }
 
-/// DNS list answers of one evaluation, so a zone is asked at most once.
-struct DnsCache<'a> {
-    dns: Option<&'a DnsFacts>,
-    answers: Vec<(String, Vec<std::net::Ipv4Addr>)>,
+/// What answers the clauses that ask the network: the DNS list resolver and the SPF
+/// checker. Without one, its clauses match nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lookups<'a> {
+    /// For `dnsrbl` clauses.
+    pub dns: Option<&'a DnsFacts>,
+    /// For `spf` clauses.
+    pub spf: Option<&'a SpfIdentity>,
 }
 
-impl DnsCache<'_> {
+/// The answers of one evaluation, so that each is asked for at most once.
+struct Answers<'a> {
+    lookups: Lookups<'a>,
+    lists: Vec<(String, Vec<std::net::Ipv4Addr>)>,
+    spf: Option<Option<SpfOutcome>>,
+}
+
+impl Answers<'_> {
+    /// The SPF result, or `None` without an SPF checker.
+    async fn spf(&mut self, f: &Facts<'_>) -> Option<SpfOutcome> {
+        if self.spf.is_none() {
+            let o = match self.lookups.spf {
+                Some(spf) => Some(
+                    spf.outcome(f.client_ip, f.helo.unwrap_or(""), f.sender)
+                        .await,
+                ),
+                None => None,
+            };
+            self.spf = Some(o);
+        }
+        self.spf.flatten()
+    }
+
     async fn listed(&mut self, ip: IpAddr, lists: &[DnsList]) -> bool {
-        let Some(dns) = self.dns else {
+        let Some(dns) = self.lookups.dns else {
             return false;
         };
         for l in lists {
-            let i = match self.answers.iter().position(|(z, _)| *z == l.zone) {
+            let i = match self.lists.iter().position(|(z, _)| *z == l.zone) {
                 Some(i) => i,
                 None => {
                     let a = dns.list_answers(ip, &l.zone).await;
-                    self.answers.push((l.zone.clone(), a));
-                    self.answers.len() - 1
+                    self.lists.push((l.zone.clone(), a));
+                    self.lists.len() - 1
                 }
             };
-            let answers = self.answers.get(i).map_or(&[][..], |(_, a)| a.as_slice());
+            let answers = self.lists.get(i).map_or(&[][..], |(_, a)| a.as_slice());
             let hit = match l.answer {
                 Some(net) => answers.iter().any(|a| net.contains(a)),
                 None => answers.iter().copied().any(crate::dnslists::is_listing),
@@ -777,6 +818,11 @@ impl AclSet {
         self.compiled().any(|c| c.helo.is_some())
     }
 
+    /// Whether a rule has an `spf` clause.
+    pub fn uses_spf(&self) -> bool {
+        self.compiled().any(|c| !c.spf.is_empty())
+    }
+
     /// Whether a rule has a `dnsrbl` clause.
     pub fn uses_dns(&self) -> bool {
         self.compiled().any(|c| !c.dnsrbl.is_empty())
@@ -802,16 +848,17 @@ impl AclSet {
             .flat_map(|r| std::iter::once(&r.when).chain(r.not.as_ref()))
     }
 
-    /// Runs the rules in order for one recipient. `dns` answers `dnsrbl` clauses (a
-    /// clause without a resolver never matches).
-    pub async fn evaluate(&self, f: &Facts<'_>, dns: Option<&DnsFacts>) -> AclOutcome<'_> {
+    /// Runs the rules in order for one recipient. `lookups` answer `dnsrbl` and `spf`
+    /// clauses (without them those clauses match nothing).
+    pub async fn evaluate(&self, f: &Facts<'_>, lookups: Lookups<'_>) -> AclOutcome<'_> {
         let mut out = AclOutcome::default();
         if self.rules.is_empty() {
             return out;
         }
-        let mut cache = DnsCache {
-            dns,
-            answers: Vec::new(),
+        let mut cache = Answers {
+            lookups,
+            lists: Vec::new(),
+            spf: None,
         };
         let p = Prepared::new(*f, self.uses);
         for r in &self.rules {
@@ -1024,7 +1071,7 @@ mod tests {
 
     /// The name and action of the deciding rule, or "-".
     fn decided(s: &AclSet, f: &Facts<'_>) -> String {
-        let out = tokio_test_block_on(s.evaluate(f, None));
+        let out = tokio_test_block_on(s.evaluate(f, Lookups::default()));
         out.rule.map_or_else(
             || "-".to_owned(),
             |r| format!("{} {}", r.name, r.action.name()),
@@ -1139,14 +1186,16 @@ helo = ["/^mx[0-9]+\\.friendly\\.example$/"]
         // A continue rule flushes but does not decide; the next rule still can.
         let mut f = facts("203.0.113.7", "u@c.example", "x@example.net");
         f.helo = Some("MX12.friendly.example");
-        let out = tokio_test_block_on(s.evaluate(&f, None));
+        let out = tokio_test_block_on(s.evaluate(&f, Lookups::default()));
         assert!(out.flush);
         assert_eq!(out.rule.map(|r| r.name.as_str()), Some("acl#6"));
         f.helo = Some("mx12.friendly.example.evil");
-        let out = tokio_test_block_on(s.evaluate(&f, None));
+        let out = tokio_test_block_on(s.evaluate(&f, Lookups::default()));
         assert!(out.flush && out.rule.is_none());
         // Nothing matches and nothing is flushed.
-        let out = tokio_test_block_on(s.evaluate(&facts("198.51.100.1", "a@b", "c@d"), None));
+        let out = tokio_test_block_on(
+            s.evaluate(&facts("198.51.100.1", "a@b", "c@d"), Lookups::default()),
+        );
         assert!(!out.flush && out.rule.is_none());
         assert!(s.uses_helo() && !s.uses_dns());
         assert!(s.macro_names().is_empty());
@@ -1311,6 +1360,9 @@ macro = [{ name = "verify", unset = true }]
         assert!(e[0].1.contains("invalid comparison"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\nsender = [\"a@b\"]\n");
         assert!(e[0].1.contains("unknown field `sender`"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\nspf = [\"pass\", \"softpass\"]\n");
+        assert_eq!(e[0].0, 3);
+        assert!(e[0].1.contains("unknown variant `softpass`"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\naddr = [\"10.0.0.300\"]\n");
         assert!(e[0].1.contains("invalid network"), "{e:?}");
         let e = errors(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
-use crate::acl::{AclAction, AclSet, Facts, Rule, rule_reply};
+use crate::acl::{AclAction, AclSet, Facts, Lookups, Rule, rule_reply};
 use crate::clock::Clock;
 use crate::config::DnsblAction;
 use crate::config::{Config, ConfigError, FailMode};
@@ -233,7 +233,10 @@ pub struct Engine {
     metrics: Metrics,
     hostname: String,
     cache: Option<PassCache>,
+    /// The SPF checker, when `[identity] spf` or an `[[acl]]` `spf` clause needs one.
     spf: Option<SpfIdentity>,
+    /// `[identity] spf`: key tuples on the SPF-authorised domain.
+    spf_keys: bool,
     dns: Option<DnsLists>,
 }
 
@@ -267,7 +270,8 @@ impl Engine {
         hostname: impl Into<String>,
     ) -> Result<Self, Vec<ConfigError>> {
         let hostname = hostname.into();
-        let spf = if config.identity.spf {
+        let acl = AclSet::new(&config.acl);
+        let spf = if config.identity.spf || acl.uses_spf() {
             match SpfIdentity::new(
                 config.dns.server,
                 std::time::Duration::from_millis(config.dns.timeout_ms.max(1)),
@@ -287,7 +291,7 @@ impl Engine {
             && d.dnsbl.is_empty()
             && !d.fcrdns
             && config.greylist.risk == Preset::Balanced
-            && !AclSet::new(&config.acl).uses_dns()
+            && !acl.uses_dns()
         {
             None
         } else {
@@ -313,6 +317,7 @@ impl Engine {
         };
         Ok(Engine {
             spf,
+            spf_keys: config.identity.spf,
             dns,
             settings: RwLock::new(Arc::new(Settings::from_config(config))),
             whitelist: Whitelist::new(config, config_path)?,
@@ -338,8 +343,21 @@ impl Engine {
                 "[[acl]] dnsrbl clauses were added by a reload: they match nothing until a restart sets up the DNS resolver"
             );
         }
+        if self.spf.is_none() && settings.acl.uses_spf() {
+            tracing::warn!(
+                "[[acl]] spf clauses were added by a reload: they match nothing until a restart sets up the SPF checker"
+            );
+        }
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         Ok(())
+    }
+
+    /// What answers `[[acl]]` `dnsrbl` and `spf` clauses.
+    fn lookups(&self) -> Lookups<'_> {
+        Lookups {
+            dns: self.dns.as_ref().map(|d| &d.facts),
+            spf: self.spf.as_ref(),
+        }
     }
 
     /// The MTA macros the current `[[acl]]` rules read; the filter asks for them at RCPT.
@@ -409,10 +427,7 @@ impl Engine {
                     macros: ctx.macros,
                     rcpt_count: ctx.rcpt_count.max(1),
                 };
-                let acl = s
-                    .acl
-                    .evaluate(&facts, self.dns.as_ref().map(|d| &d.facts))
-                    .await;
+                let acl = s.acl.evaluate(&facts, self.lookups()).await;
                 if acl.flush
                     && let Err(e) = self.flush_ip(ip).await
                 {
@@ -681,7 +696,7 @@ impl Engine {
     ) -> (Key, Spf) {
         let norm = normalize_sender(sender);
         let mut verdict = Spf::Other;
-        if let Some(spf) = &self.spf {
+        if let Some(spf) = self.spf.as_ref().filter(|_| self.spf_keys) {
             let (v, domain) = spf.evaluate(ip, helo.unwrap_or(""), sender).await;
             verdict = v;
             if let Some(domain) = domain {
@@ -884,10 +899,7 @@ impl Engine {
             macros: &[],
             rcpt_count: 1,
         };
-        let acl = s
-            .acl
-            .evaluate(&facts, self.dns.as_ref().map(|d| &d.facts))
-            .await;
+        let acl = s.acl.evaluate(&facts, self.lookups()).await;
         let mut factors = Vec::new();
         if acl.flush {
             factors

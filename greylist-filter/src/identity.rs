@@ -124,31 +124,69 @@ impl SpfIdentity {
     /// The SPF verdict for the MAIL FROM domain of `sender`, and the domain when it
     /// passed.
     pub async fn evaluate(&self, ip: IpAddr, helo: &str, sender: &str) -> (Spf, Option<String>) {
+        match self.check(ip, helo, sender).await {
+            Some((SpfOutcome::Pass, domain)) => (Spf::Pass, Some(domain)),
+            Some((SpfOutcome::Fail, _)) => (Spf::Fail, None),
+            _ => (Spf::Other, None),
+        }
+    }
+
+    /// The SPF result of the MAIL FROM identity, for `[[acl]]` `spf` clauses: `none`
+    /// for the null sender (and senders without a domain), `temperror` on timeout.
+    pub async fn outcome(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutcome {
+        self.check(ip, helo, sender)
+            .await
+            .map_or(SpfOutcome::None, |(o, _)| o)
+    }
+
+    /// The result and the (lower-case) MAIL FROM domain; `None` if there is no domain.
+    async fn check(&self, ip: IpAddr, helo: &str, sender: &str) -> Option<(SpfOutcome, String)> {
         let sender = crate::tuple::normalize_sender(sender);
-        let Some((_, domain)) = sender.rsplit_once('@') else {
-            return (Spf::Other, None);
-        };
+        let (_, domain) = sender.rsplit_once('@')?;
         if domain.is_empty() {
-            return (Spf::Other, None);
+            return None;
         }
         let domain = domain.to_ascii_lowercase();
         let params = SpfParameters::verify_mail_from(ip, helo, &self.host_domain, &sender);
         let out = tokio::time::timeout(self.timeout, self.auth.check_host(params.into())).await;
-        match out {
-            Ok(o) if o.result() == SpfResult::Pass => (Spf::Pass, Some(domain)),
-            Ok(o) => {
-                tracing::debug!(%ip, domain = %domain, result = ?o.result(), "SPF not pass");
-                let v = if o.result() == SpfResult::Fail {
-                    Spf::Fail
-                } else {
-                    Spf::Other
-                };
-                (v, None)
-            }
+        let outcome = match out {
+            Ok(o) => match o.result() {
+                SpfResult::Pass => SpfOutcome::Pass,
+                SpfResult::Fail => SpfOutcome::Fail,
+                SpfResult::SoftFail => SpfOutcome::Softfail,
+                SpfResult::Neutral => SpfOutcome::Neutral,
+                SpfResult::TempError => SpfOutcome::Temperror,
+                SpfResult::PermError => SpfOutcome::Permerror,
+                SpfResult::None => SpfOutcome::None,
+            },
             Err(_) => {
                 tracing::debug!(%ip, domain = %domain, "SPF check timed out");
-                (Spf::Other, None)
+                SpfOutcome::Temperror
             }
+        };
+        if outcome != SpfOutcome::Pass {
+            tracing::debug!(%ip, domain = %domain, result = ?outcome, "SPF not pass");
         }
+        Some((outcome, domain))
     }
+}
+
+/// An SPF result (RFC 7208 section 2.6), as `[[acl]]` `spf` clauses name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpfOutcome {
+    /// The client is authorised.
+    Pass,
+    /// The client is not authorised.
+    Fail,
+    /// Probably not authorised (`~all`).
+    Softfail,
+    /// No statement (`?all`).
+    Neutral,
+    /// No SPF record (or no domain to check).
+    None,
+    /// A transient DNS error, or the check timed out.
+    Temperror,
+    /// The record could not be interpreted.
+    Permerror,
 }

@@ -21,8 +21,8 @@
 //!   domains carry over (milter-greylist matches them as substrings); other ones become
 //!   an escaped `/regex/` with the same substring match, and `domain` literals that do
 //!   not start with a label an anchored suffix `/regex/`, each with a warning.
-//! - Not translated, with a warning: a rule with a clause we do not have (`time`, `spf`,
-//!   `geoip`, `p0f`, `mx`, `ratelimit`, `urlcheck`, `ldapcheck`, `header`, `body`,
+//! - Not translated, with a warning: a rule with a clause we do not have (`time`,
+//!   `spf self`, `geoip`, `p0f`, `mx`, `ratelimit`, `urlcheck`, `ldapcheck`, `header`, `body`,
 //!   `msgsize`, `dkim`, `spamd`, properties, `log`, `nsupdate`, `tarpit`), with the
 //!   same clause twice (AND there, OR in one of our clauses), or with a regular
 //!   expression we cannot carry over; `dacl` lines. A rule with a value we do not have
@@ -585,6 +585,7 @@ enum Kind {
     Auth,
     Tls,
     Dnsrbl,
+    Spf,
     Macro,
     RcptCount,
 }
@@ -600,6 +601,7 @@ impl Kind {
             "auth" => Kind::Auth,
             "tls" => Kind::Tls,
             "dnsrbl" => Kind::Dnsrbl,
+            "spf" => Kind::Spf,
             "sm_macro" => Kind::Macro,
             "rcptcount" => Kind::RcptCount,
             _ => return None,
@@ -617,6 +619,7 @@ impl Kind {
             Kind::Auth => "auth",
             Kind::Tls => "tls",
             Kind::Dnsrbl => "dnsrbl",
+            Kind::Spf => "spf",
             Kind::Macro => "sm_macro",
             Kind::RcptCount => "rcptcount",
         }
@@ -628,7 +631,6 @@ impl Kind {
 const UNSUPPORTED_CLAUSES: &[&str] = &[
     "rawfrom",
     "time",
-    "spf",
     "geoip",
     "p0f",
     "mx",
@@ -677,6 +679,7 @@ struct Clauses {
     auth: Vec<String>,
     tls: Vec<String>,
     dnsrbl: Vec<String>,
+    spf: Vec<String>,
     macros: Vec<MacroOut>,
     rcptcount: Option<String>,
 }
@@ -688,7 +691,7 @@ impl Clauses {
             && self.rcptcount.is_none()
     }
 
-    fn strings(&self) -> [(&'static str, &Vec<String>); 8] {
+    fn strings(&self) -> [(&'static str, &Vec<String>); 9] {
         [
             ("addr", &self.addr),
             ("domain", &self.domain),
@@ -698,6 +701,7 @@ impl Clauses {
             ("auth", &self.auth),
             ("tls", &self.tls),
             ("dnsrbl", &self.dnsrbl),
+            ("spf", &self.spf),
         ]
     }
 
@@ -711,6 +715,7 @@ impl Clauses {
             Kind::Auth => &mut self.auth,
             Kind::Tls => &mut self.tls,
             Kind::Dnsrbl => &mut self.dnsrbl,
+            Kind::Spf => &mut self.spf,
             Kind::Macro | Kind::RcptCount => return None,
         })
     }
@@ -726,6 +731,7 @@ impl Clauses {
             (Kind::Auth, o.auth),
             (Kind::Tls, o.tls),
             (Kind::Dnsrbl, o.dnsrbl),
+            (Kind::Spf, o.spf),
         ] {
             if let Some(l) = self.list_mut(k) {
                 l.extend(v);
@@ -1225,6 +1231,23 @@ fn clause_values(
                 }
             };
             c.dnsrbl.push(entry);
+        }
+        Kind::Spf => {
+            // milter-greylist's names for the two error results, and RFC 7208's.
+            let v = match t.text.to_ascii_lowercase().as_str() {
+                v @ ("pass" | "fail" | "softfail" | "neutral" | "none" | "temperror"
+                | "permerror") => v.to_owned(),
+                "error" => "temperror".to_owned(),
+                "unknown" => "permerror".to_owned(),
+                "self" => {
+                    return Err(
+                        "spf self (a record that would also authorise this host) is not supported"
+                            .into(),
+                    );
+                }
+                other => return Err(format!("spf: {other:?} is not an SPF result")),
+            };
+            c.spf.push(v);
         }
         Kind::Macro => {
             let def = defs

@@ -405,3 +405,65 @@ async fn the_daemon_negotiates_what_its_rules_read_and_reloads_them() {
     assert_eq!(out.verdict, Verdict::Tempfailed);
     d.stop();
 }
+
+#[tokio::test]
+async fn spf_clauses_ask_the_spf_record_without_changing_the_key() {
+    let dns = start_dns(
+        &["test."],
+        &[
+            Rr::Txt("pool.test.", "v=spf1 ip4:192.0.2.0/24 -all"),
+            Rr::Txt("soft.test.", "v=spf1 ~all"),
+        ],
+    )
+    .await;
+    let (e, _) = engine(&format!(
+        "[dns]\nserver = \"{}\"\n\n\
+         [[acl]]\nname = \"forged\"\naction = \"blacklist\"\nspf = [\"fail\"]\n\n\
+         [[acl]]\nname = \"unsure\"\naction = \"greylist\"\nspf = [\"softfail\", \"neutral\"]\ndelay = \"1h\"\n\n\
+         [[acl]]\nname = \"no-record\"\naction = \"greylist\"\nspf = [\"none\"]\ndelay = \"2h\"\n",
+        dns.addr
+    ));
+    let d = |ip: &'static str, from: &'static str| {
+        let e = &e;
+        async move { e.check_rcpt(&ctx(ip, from, "a@example.net")).await }
+    };
+    // Outside the record: fail.
+    let out = d("203.0.113.5", "x@pool.test").await;
+    assert_eq!(out.decision, Decision::Reject(RejectReason::Acl));
+    // Inside it: pass, which no rule names; greylisted as usual, keyed on the network
+    // (the rules do not turn on `[identity] spf`).
+    let out = d("192.0.2.5", "x@pool.test").await;
+    assert_eq!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 300,
+            reason: GreylistReason::NewTuple
+        }
+    );
+    assert_eq!(out.key.unwrap().network(), "192.0.2.0/24");
+    let out = d("203.0.113.5", "x@soft.test").await;
+    assert!(matches!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 3600,
+            ..
+        }
+    ));
+    let out = d("203.0.113.5", "x@nothing.test").await;
+    assert!(matches!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 7200,
+            ..
+        }
+    ));
+    // The null sender has no domain to check: none.
+    let out = d("203.0.113.5", "<>").await;
+    assert!(matches!(
+        out.decision,
+        Decision::Greylist {
+            retry_after: 7200,
+            ..
+        }
+    ));
+}

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use greylist_filter::acl::{AclAction, AclSet, Facts, Matcher};
+use greylist_filter::acl::{AclAction, AclSet, Facts, Lookups, Matcher, SpfOutcome};
 use greylist_filter::config::Config;
 use greylist_filter::import::{DumpKind, ImportWarning, import_conf, import_db, import_into};
 use greylist_filter::policy::Params;
@@ -70,7 +70,7 @@ async fn decide(
         macros: &[],
         rcpt_count,
     };
-    let out = set.evaluate(&f, None).await;
+    let out = set.evaluate(&f, Lookups::default()).await;
     out.rule.map(|r| (r.name.clone(), r.action))
 }
 
@@ -223,7 +223,7 @@ fn conf_warns_once_per_unsupported_line() {
         "in line order"
     );
     let msg = |needle: &str| warnings_of(&w, line_of(needle)).join(" ");
-    assert!(msg("racl whitelist spf").contains("`spf` is not supported"));
+    assert!(msg("racl whitelist spf").contains("spf self"));
     assert!(msg("racl whitelist time").contains("`time` is not supported"));
     assert!(msg("racl \"spammers\"").contains("%i"));
     assert!(msg("racl greylist rcpt sales").contains("`report` is not supported"));
@@ -263,7 +263,7 @@ async fn imported_rules_decide_in_order() {
         macros: &[],
         rcpt_count: 25,
     };
-    let out = set2.evaluate(&f, None).await;
+    let out = set2.evaluate(&f, Lookups::default()).await;
     let r = out.rule.unwrap();
     assert_eq!(
         (r.name.as_str(), r.action),
@@ -276,7 +276,7 @@ async fn imported_rules_decide_in_order() {
         rcpt_count: 1,
         ..f
     };
-    let out = set.evaluate(&f, None).await;
+    let out = set.evaluate(&f, Lookups::default()).await;
     let r = out.rule.unwrap();
     assert_eq!((r.name.as_str(), r.action), ("acl#19", AclAction::Greylist));
     assert_eq!((r.delay, r.autowhite), (Some(1800), Some(86_400)));
@@ -627,10 +627,44 @@ fn a_repeated_clause_is_not_translated() {
 }
 
 #[test]
+fn spf_results() {
+    let (c, w) = import(
+        "racl whitelist spf pass\nracl blacklist spf FAIL code 550\n\
+         racl greylist not spf pass delay 1h\nracl greylist spf error\nracl greylist spf unknown\n\
+         racl whitelist spf pass spf neutral\n",
+    );
+    let spf: Vec<Vec<SpfOutcome>> = c
+        .acl
+        .iter()
+        .map(|r| {
+            r.spf
+                .iter()
+                .chain(r.not.iter().flat_map(|n| &n.spf))
+                .copied()
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        spf,
+        [
+            vec![SpfOutcome::Pass],
+            vec![SpfOutcome::Fail],
+            vec![SpfOutcome::Pass],
+            vec![SpfOutcome::Temperror],
+            vec![SpfOutcome::Permerror],
+        ]
+    );
+    assert!(c.acl[2].spf.is_empty() && c.acl[2].not.is_some());
+    // Two spf clauses must both hold in milter-greylist: not translated.
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].line, 6);
+}
+
+#[test]
 fn unsupported_clauses_drop_the_rule() {
     for clause in [
         "time \"* 8-16 * * 1-5\"",
-        "spf pass",
+        "spf self",
         "geoip \"FR\"",
         "p0f \"Windows\"",
         "mx 192.0.2.0/24",
@@ -647,7 +681,8 @@ fn unsupported_clauses_drop_the_rule() {
         "log \"x\"",
         "nsupdate \"n\"",
         "tarpit 10s",
-        "not spf fail",
+        "not spf self",
+        "spf maybe",
     ] {
         let conf = format!("racl whitelist rcpt a@example.com {clause}\nracl greylist default\n");
         let (c, w) = import(&conf);
