@@ -746,9 +746,18 @@ pub struct Rule {
     pub nolog: bool,
     /// The client network's records are flushed when the rule matches.
     pub flushaddr: bool,
+    /// Recipients the rule matched since it was loaded.
+    matches: std::sync::atomic::AtomicU64,
     default: bool,
     when: Compiled,
     not: Option<Compiled>,
+}
+
+impl Rule {
+    /// Recipients the rule matched since it was loaded (a reload starts over).
+    pub fn matches(&self) -> u64 {
+        self.matches.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The outcome of the rules for one recipient.
@@ -785,6 +794,7 @@ impl AclSet {
                     msg: r.msg.clone(),
                     nolog: r.nolog,
                     flushaddr: r.flushaddr,
+                    matches: std::sync::atomic::AtomicU64::new(0),
                     default: r.default,
                     when: Compiled::new(&r.clauses()),
                     not: r.not.as_ref().map(Compiled::new),
@@ -870,6 +880,7 @@ impl AclSet {
             if !matched {
                 continue;
             }
+            r.matches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             out.flush |= r.flushaddr;
             if r.action != AclAction::Continue {
                 out.rule = Some(r);

@@ -84,7 +84,12 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     if stats.is_err() {
         engine.metrics().record_store_error();
     }
-    let body = render_metrics(&snap, stats.ok().as_ref(), engine.dry_run());
+    let body = render_metrics(
+        &snap,
+        stats.ok().as_ref(),
+        engine.dry_run(),
+        &engine.acl_matches(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -95,8 +100,21 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         .into_response()
 }
 
-/// The Prometheus text exposition of the counters (and record counts, if known).
-pub fn render_metrics(m: &MetricsSnapshot, stats: Option<&StoreStats>, dry_run: bool) -> String {
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of the counters (and record counts, if known), with
+/// the (name, action, matches) of each `[[acl]]` rule.
+pub fn render_metrics(
+    m: &MetricsSnapshot,
+    stats: Option<&StoreStats>,
+    dry_run: bool,
+    acl: &[(String, &str, u64)],
+) -> String {
     let mut o = String::with_capacity(4096);
     let _ = writeln!(
         o,
@@ -179,6 +197,20 @@ pub fn render_metrics(m: &MetricsSnapshot, stats: Option<&StoreStats>, dry_run: 
     );
     let _ = writeln!(o, "# TYPE greylist_dry_run gauge");
     let _ = writeln!(o, "greylist_dry_run {}", u8::from(dry_run));
+    if !acl.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP greylist_acl_matches_total Recipients each [[acl]] rule matched since it was loaded."
+        );
+        let _ = writeln!(o, "# TYPE greylist_acl_matches_total counter");
+        for (name, action, n) in acl {
+            let _ = writeln!(
+                o,
+                "greylist_acl_matches_total{{rule=\"{}\",action=\"{action}\"}} {n}",
+                label(name)
+            );
+        }
+    }
     o
 }
 
@@ -530,9 +562,22 @@ mod tests {
                 hosts: 1,
             }),
             false,
+            &[
+                ("partners".to_owned(), "whitelist", 7),
+                ("say \"hi\"\\".to_owned(), "continue", 0),
+            ],
         );
         assert!(
             text.contains("greylist_decisions_total{outcome=\"bypass\",reason=\"loopback\"} 1")
+        );
+        assert!(
+            text.contains("greylist_acl_matches_total{rule=\"partners\",action=\"whitelist\"} 7")
+        );
+        assert!(text.contains(
+            "greylist_acl_matches_total{rule=\"say \\\"hi\\\"\\\\\",action=\"continue\"} 0"
+        ));
+        assert!(
+            !render_metrics(&m.snapshot(), None, false, &[]).contains("greylist_acl_matches_total")
         );
         assert!(text.contains("greylist_store_latency_seconds_bucket{le=\"0.0001\"} 1"));
         assert!(text.contains("greylist_store_latency_seconds_bucket{le=\"+Inf\"} 2"));

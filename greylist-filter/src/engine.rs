@@ -365,6 +365,16 @@ impl Engine {
         self.settings().acl.macro_names()
     }
 
+    /// (name, action, recipients matched) of each current `[[acl]]` rule, in order.
+    pub fn acl_matches(&self) -> Vec<(String, &'static str, u64)> {
+        self.settings()
+            .acl
+            .rules()
+            .iter()
+            .map(|r| (r.name.clone(), r.action.name(), r.matches()))
+            .collect()
+    }
+
     /// Whether the current `[[acl]]` rules read the HELO name.
     pub fn acl_uses_helo(&self) -> bool {
         self.settings().acl.uses_helo()

@@ -90,6 +90,16 @@ async fn whitelist_and_blacklist_rules_decide_without_the_store() {
     let m = e.metrics().snapshot();
     assert_eq!(m.decision("bypass", "acl"), 1);
     assert_eq!(m.decision("reject", "acl"), 2);
+    let counts: Vec<(String, &str, u64)> = e.acl_matches();
+    assert_eq!(
+        counts,
+        [
+            ("partners".to_owned(), "whitelist", 1),
+            ("spammers".to_owned(), "blacklist", 1),
+            ("known-bad".to_owned(), "blacklist", 1),
+            ("slow-lane".to_owned(), "greylist", 0),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -198,6 +208,11 @@ async fn continue_with_flushaddr_forgets_the_network_and_goes_on() {
         }
     ));
     assert_eq!(store.stats().await.unwrap().tuples, 1, "only the new tuple");
+    assert_eq!(
+        e.acl_matches()[0].2,
+        1,
+        "a continue rule's matches are counted"
+    );
     let out = e.check_rcpt(&c).await;
     assert!(
         matches!(
