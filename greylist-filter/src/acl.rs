@@ -656,7 +656,23 @@ pub struct Facts<'a> {
     pub rcpt_count: u64,
 }
 
-impl Facts<'_> {
+impl<'a> Facts<'a> {
+    /// What is known of a recipient from the client address, the sender and the
+    /// (normalised) recipient alone: the first recipient, no host or HELO name, no
+    /// AUTH, no macros.
+    pub fn new(client_ip: IpAddr, sender: &'a str, recipient: &'a str) -> Self {
+        Facts {
+            client_ip,
+            client_name: None,
+            helo: None,
+            sender,
+            recipient,
+            auth: None,
+            macros: &[],
+            rcpt_count: 1,
+        }
+    }
+
     fn macro_value(&self, name: &str) -> Option<&str> {
         let bare = name.trim_start_matches('{').trim_end_matches('}');
         self.macros
@@ -1068,16 +1084,7 @@ mod tests {
     }
 
     fn facts<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> Facts<'a> {
-        Facts {
-            client_ip: ip.parse().unwrap(),
-            client_name: None,
-            helo: None,
-            sender,
-            recipient: rcpt,
-            auth: None,
-            macros: &[],
-            rcpt_count: 1,
-        }
+        Facts::new(ip.parse().unwrap(), sender, rcpt)
     }
 
     /// The name and action of the deciding rule, or "-".

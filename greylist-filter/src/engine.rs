@@ -899,16 +899,7 @@ impl Engine {
         if let Some(b) = wl.check_builtin(&subject) {
             return Ok(bypassed(Decision::Bypass(b), Vec::new()));
         }
-        let facts = Facts {
-            client_ip: ip,
-            client_name: None,
-            helo: None,
-            sender,
-            recipient: &rcpt,
-            auth: None,
-            macros: &[],
-            rcpt_count: 1,
-        };
+        let facts = Facts::new(ip, sender, &rcpt);
         let acl = s.acl.evaluate(&facts, self.lookups()).await;
         let mut factors = Vec::new();
         if acl.flush {

@@ -61,14 +61,8 @@ async fn decide(
     rcpt_count: u64,
 ) -> Option<(String, AclAction)> {
     let f = Facts {
-        client_ip: ip.parse().unwrap(),
-        client_name: None,
-        helo: None,
-        sender,
-        recipient: rcpt,
-        auth: None,
-        macros: &[],
         rcpt_count,
+        ..Facts::new(ip.parse().unwrap(), sender, rcpt)
     };
     let out = set.evaluate(&f, Lookups::default()).await;
     out.rule.map(|r| (r.name.clone(), r.action))
@@ -254,14 +248,12 @@ async fn imported_rules_decide_in_order() {
     // Too many recipients: rejected by the rcptcount rule, with its text.
     let set2 = &set;
     let f = Facts {
-        client_ip: "203.0.113.5".parse().unwrap(),
-        client_name: None,
-        helo: None,
-        sender: "x@example.net",
-        recipient: "someone@example.com",
-        auth: None,
-        macros: &[],
         rcpt_count: 25,
+        ..Facts::new(
+            "203.0.113.5".parse().unwrap(),
+            "x@example.net",
+            "someone@example.com",
+        )
     };
     let out = set2.evaluate(&f, Lookups::default()).await;
     let r = out.rule.unwrap();
