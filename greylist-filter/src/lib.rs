@@ -27,7 +27,10 @@
 //! passes). A network may hold at most 1,000 pending tuples; past that, new tuples are
 //! tempfailed without being stored, so a spam run cannot grow the database without bound.
 //! Loopback, local networks, authenticated clients, `postmaster@`/`abuse@` and the
-//! configured whitelists bypass greylisting ([`whitelist`]).
+//! configured whitelists bypass greylisting ([`whitelist`]). Ordered access rules
+//! ([`acl`], milter-greylist's `racl` as `[[acl]]` tables) come between the first of
+//! those and the whitelist lists: they whitelist, reject, or greylist with their own
+//! delay, auto-whitelist period and reply.
 //!
 //! The decision itself is a pure function ([`policy::decide`]) of the stored records,
 //! the whitelist verdict, the parameters and `now`; the [`Engine`] reads the clock and
@@ -80,7 +83,7 @@
 //! ## Modules
 //!
 //! [`config`] (TOML with `file:line:col` errors), [`tuple`](mod@tuple), [`policy`], [`record`],
-//! [`store`], [`whitelist`], [`clock`], [`metrics`], [`decision_log`], [`import`]
+//! [`store`], [`whitelist`], [`acl`], [`clock`], [`metrics`], [`decision_log`], [`import`]
 //! (milter-greylist configuration and dump), [`engine`], [`filter`] (the milter),
 //! [`daemon`], [`admin`], [`cli`], [`identity`], [`dnslists`], [`risk`].
 #![forbid(unsafe_code)]
