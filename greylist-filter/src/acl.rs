@@ -118,6 +118,9 @@ impl<'de> Deserialize<'de> for Matcher {
             .and_then(|r| r.strip_suffix('/'))
             .filter(|_| s.len() >= 2)
         {
+            Some("") => Err(de::Error::custom(
+                "an empty regular expression matches everything; use default = true",
+            )),
             Some(re) => Pattern::compile(re)
                 .map(Matcher::Regex)
                 .map_err(de::Error::custom),
@@ -1376,6 +1379,8 @@ macro = [{ name = "verify", unset = true }]
         assert!(e[0].1.contains("invalid regular expression"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\nrcptcount = \"about 3\"\n");
         assert!(e[0].1.contains("invalid comparison"), "{e:?}");
+        let e = errors("[[acl]]\naction = \"whitelist\"\nfrom = [\"//\"]\n");
+        assert!(e[0].1.contains("empty regular expression"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\nsender = [\"a@b\"]\n");
         assert!(e[0].1.contains("unknown field `sender`"), "{e:?}");
         let e = errors("[[acl]]\naction = \"whitelist\"\nspf = [\"pass\", \"softpass\"]\n");
