@@ -509,8 +509,8 @@ impl Compiled {
 
     /// Whether every clause matches (`all = true`) or whether any clause matches
     /// (`all = false`, for `not`). No clause: `all`. Stops at the first clause that
-    /// settles it; DNS is asked last.
-    async fn eval(&self, p: &Prepared<'_>, dns: &mut Answers<'_>, all: bool) -> bool {
+    /// settles it; SPF and DNS lists, which ask the network, come last.
+    async fn eval(&self, p: &Prepared<'_>, answers: &mut Answers<'_>, all: bool) -> bool {
         let f = &p.facts;
         let settled = {
             let checks: [&dyn Fn() -> Option<bool>; 9] = [
@@ -565,10 +565,12 @@ impl Compiled {
         if settled {
             return !all;
         }
-        if !self.spf.is_empty() && dns.spf(f).await.is_some_and(|o| self.spf.contains(&o)) != all {
+        if !self.spf.is_empty()
+            && answers.spf(f).await.is_some_and(|o| self.spf.contains(&o)) != all
+        {
             return !all;
         }
-        if !self.dnsrbl.is_empty() && dns.listed(f.client_ip, &self.dnsrbl).await != all {
+        if !self.dnsrbl.is_empty() && answers.listed(f.client_ip, &self.dnsrbl).await != all {
             return !all;
         }
         all
@@ -884,16 +886,16 @@ impl AclSet {
         if self.rules.is_empty() {
             return out;
         }
-        let mut cache = Answers {
+        let mut answers = Answers {
             lookups,
             lists: Vec::new(),
             spf: None,
         };
         let p = Prepared::new(*f, self.uses);
         for r in &self.rules {
-            let matched = (r.default || r.when.eval(&p, &mut cache, true).await)
+            let matched = (r.default || r.when.eval(&p, &mut answers, true).await)
                 && match &r.not {
-                    Some(n) => !n.eval(&p, &mut cache, false).await,
+                    Some(n) => !n.eval(&p, &mut answers, false).await,
                     None => true,
                 };
             if !matched {
