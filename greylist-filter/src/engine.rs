@@ -270,8 +270,8 @@ impl Engine {
         hostname: impl Into<String>,
     ) -> Result<Self, Vec<ConfigError>> {
         let hostname = hostname.into();
-        let acl = AclSet::new(&config.acl);
-        let spf = if config.identity.spf || acl.uses_spf() {
+        let settings = Settings::from_config(config);
+        let spf = if config.identity.spf || settings.acl.uses_spf() {
             match SpfIdentity::new(
                 config.dns.server,
                 std::time::Duration::from_millis(config.dns.timeout_ms.max(1)),
@@ -291,7 +291,7 @@ impl Engine {
             && d.dnsbl.is_empty()
             && !d.fcrdns
             && config.greylist.risk == Preset::Balanced
-            && !acl.uses_dns()
+            && !settings.acl.uses_dns()
         {
             None
         } else {
@@ -319,7 +319,7 @@ impl Engine {
             spf,
             spf_keys: config.identity.spf,
             dns,
-            settings: RwLock::new(Arc::new(Settings::from_config(config))),
+            settings: RwLock::new(Arc::new(settings)),
             whitelist: Whitelist::new(config, config_path)?,
             store,
             clock,
