@@ -775,6 +775,16 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Puts the rule's `delay` and `autowhite`, where it sets them, into `params`.
+    pub fn apply_to(&self, params: &mut crate::policy::Params) {
+        if let Some(d) = self.delay {
+            params.delay = d;
+        }
+        if let Some(a) = self.autowhite {
+            params.auto_whitelist = a;
+        }
+    }
+
     /// Recipients the rule matched since it was loaded (a reload starts over).
     pub fn matches(&self) -> u64 {
         self.matches.load(std::sync::atomic::Ordering::Relaxed)

@@ -560,7 +560,7 @@ impl Engine {
     ) -> (Decision, Key) {
         let (key, spf) = self.tuple_key(s, ip, client_name, sender, recipient).await;
         let (mut params, evidence) = match rule.delay {
-            Some(delay) => (Params { delay, ..s.params }, None),
+            Some(_) => (s.params, None),
             None => {
                 let lists = self.list_facts(ip).await;
                 let mut evidence = self.evidence(s, ip, &lists, spf, verified).await;
@@ -568,9 +568,7 @@ impl Engine {
                 (self.params_for(s, &lists), Some(evidence))
             }
         };
-        if let Some(a) = rule.autowhite {
-            params.auto_whitelist = a;
-        }
+        rule.apply_to(&mut params);
         let d = self
             .decide_stored(s, &params, evidence.as_ref(), &key)
             .await;
@@ -926,14 +924,7 @@ impl Engine {
         let lists = self.list_facts(ip).await;
         let mut params = self.params_for(&s, &lists);
         match acl.rule {
-            Some(r) => {
-                if let Some(d) = r.delay {
-                    params.delay = d;
-                }
-                if let Some(a) = r.autowhite {
-                    params.auto_whitelist = a;
-                }
-            }
+            Some(r) => r.apply_to(&mut params),
             None => {
                 factors.extend(self.factors(&lists, &params));
                 if let Some(d) = self.list_decision(&lists) {
