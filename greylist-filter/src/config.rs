@@ -754,13 +754,19 @@ pub fn key_position(text: &str, table: &str, key: &str) -> Option<(usize, usize)
         if current != table {
             continue;
         }
-        if let Some(rest) = t.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return Some((i + 1, line.len() - t.len() + 1));
+        if let Some(column) = key_column(line, key) {
+            return Some((i + 1, column));
         }
     }
     None
+}
+
+/// The 1-based column of `key` if `line` assigns it (`key = ...`).
+fn key_column(line: &str, key: &str) -> Option<usize> {
+    let t = line.trim_start();
+    t.strip_prefix(key)
+        .is_some_and(|rest| rest.trim_start().starts_with('='))
+        .then(|| line.len() - t.len() + 1)
 }
 
 fn validate(c: &Config, text: &str, path: &Path, errors: &mut Vec<ConfigError>) {
@@ -970,10 +976,9 @@ pub fn array_table_position(
             continue;
         }
         if let (Some(_), Some(k)) = (header, key)
-            && let Some(rest) = t.strip_prefix(k)
-            && rest.trim_start().starts_with('=')
+            && let Some(column) = key_column(line, k)
         {
-            return Some((i + 1, line.len() - t.len() + 1));
+            return Some((i + 1, column));
         }
     }
     header
