@@ -189,26 +189,21 @@ if [ "$accepted" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- 4: [[acl]] rules
-rcpt_reply_of() {  # the server's reply to RCPT TO in a swaks transcript
-  grep -A1 -E '^ *[~-]> RCPT TO:<bob@example.net>' "$1" | tail -n 1 | sed 's/^ *<\*\* *//' || true
+expect_rcpt() {  # expect_rcpt FILE REPLY LABEL: the RCPT reply in a swaks transcript starts with REPLY
+  local got
+  got=$(grep -A1 -E '^ *[~-]> RCPT TO:<bob@example.net>' "$1" | tail -n 1 | sed 's/^ *<\*\* *//' || true)
+  if [[ "$got" == "$2"* ]]; then
+    pass "$3: RCPT answered '$got'"
+  else
+    fail "$3: expected $2 at RCPT, got '$got'"
+    echo "---- swaks transcript"; cat "$1"
+  fi
 }
 echo "== [[acl]] rules"
 send "$WORK/swaks.helo" bad-helo.example
-got=$(rcpt_reply_of "$WORK/swaks.helo")
-if [[ "$got" == "550 5.7.1 Bad HELO"* ]]; then
-  pass "HELO rule: RCPT answered '$got'"
-else
-  fail "HELO rule: expected 550 5.7.1 Bad HELO at RCPT, got '$got'"
-  echo "---- swaks transcript"; cat "$WORK/swaks.helo"
-fi
+expect_rcpt "$WORK/swaks.helo" "550 5.7.1 Bad HELO" "HELO rule"
 send "$WORK/swaks.macro" mail.example.org mallory@example.org
-got=$(rcpt_reply_of "$WORK/swaks.macro")
-if [[ "$got" == "554 5.7.0 Not from Mallory"* ]]; then
-  pass "macro rule ({mail_addr} requested at RCPT): RCPT answered '$got'"
-else
-  fail "macro rule: expected 554 5.7.0 Not from Mallory at RCPT, got '$got'"
-  echo "---- swaks transcript"; cat "$WORK/swaks.macro"
-fi
+expect_rcpt "$WORK/swaks.macro" "554 5.7.0 Not from Mallory" "macro rule ({mail_addr} requested at RCPT)"
 if grep -q 'acl="mallory"' "$WORK/greylist.log"; then
   pass "the decision line names the rule"
 else
